@@ -1,0 +1,3 @@
+"""pi-lnfree: LayerNorm-free and ReLU decoders, their entropy, and their private-inference cost."""
+
+__version__ = "0.1.0"

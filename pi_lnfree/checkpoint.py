@@ -1,0 +1,150 @@
+"""Save and load `ckpt.pt` safely.
+
+A checkpoint holds only tensors and plain containers:
+`{"model": state_dict, "config": dict, "train": dict, "optimizer": dict | None, "meta": dict}`.
+It is always read with `torch.load(..., weights_only=True)`, so opening one never runs code, and
+always written atomically (temporary file in the same folder, fsync, rename), so a crash during a
+save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pi_lnfree import __version__
+from pi_lnfree.config import ModelConfig
+from pi_lnfree.errors import CheckpointError, UserError
+
+FORMAT_VERSION = 1
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip torch.compile / DDP prefixes so checkpoints always load into a bare `GPT`."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def default_meta() -> dict[str, Any]:
+    """Provenance stored in every checkpoint."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "git_commit": _git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model_state: dict[str, torch.Tensor],
+    config: ModelConfig | dict[str, Any],
+    train: dict[str, Any] | None = None,
+    optimizer: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically. Every value must be a tensor or a plain container."""
+    cfg = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
+    obj = {
+        "model": clean_state_dict(model_state),
+        "config": cfg,
+        "train": dict(train or {}),
+        "optimizer": optimizer,
+        "meta": {**default_meta(), **(meta or {})},
+    }
+    atomic_torch_save(obj, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint without executing code. Raises `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load (not plain tensors/containers): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+    if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
+        raise CheckpointError(f"{path}: not a pi-lnfree checkpoint (no 'model' and 'config' entries)")
+    if not isinstance(obj["config"], dict) or not isinstance(obj["model"], dict):
+        raise CheckpointError(f"{path}: not a pi-lnfree checkpoint (malformed 'model' or 'config')")
+    obj.setdefault("train", {})
+    obj.setdefault("optimizer", None)
+    obj.setdefault("meta", {})
+    return obj
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(ckpt["config"])
+    except (UserError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Checkpoint -> (`GPT` in eval mode on `device`, the checkpoint dict)."""
+    from pi_lnfree.model import GPT
+
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, path)
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(clean_state_dict(ckpt["model"]), strict=True)
+    except RuntimeError as e:
+        summary = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: tensors do not match its config: {summary}") from None
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,149 @@
+"""The `pi-lnfree` command line: every command is a thin wrapper over library functions.
+
+Conventions: `--json` prints exactly one JSON object on stdout (human output goes to stderr);
+bad input raises `UserError`, printed as one line with exit code 2 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from pi_lnfree.errors import UserError
+from pi_lnfree.progress import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train LayerNorm-free / ReLU decoders, measure perplexity and attention entropy, "
+    "and measure their cost under two-party secret sharing (CrypTen).",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Prepare corpora: tokenizer and token shards.")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """Print one JSON object on stdout when --json is given."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.flush()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _not_built(name: str) -> None:
+    raise UserError(f"`pi-lnfree {name}` is not built yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@data_app.command("prepare")
+def data_prepare() -> None:
+    """Tokenize a corpus into train/valid token shards and a tokenizer."""
+    _not_built("data prepare")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@app.command()
+def train() -> None:
+    """Train a model from a recipe (TOML) into a run directory."""
+    _not_built("train")
+
+
+# ---------------------------------------------------------------------------------------------
+# eval / entropy
+
+
+@app.command("eval")
+def eval_cmd() -> None:
+    """Cross-entropy and perplexity of a checkpoint on a data folder's validation split."""
+    _not_built("eval")
+
+
+@app.command()
+def entropy() -> None:
+    """Headwise attention entropy of a checkpoint, entropy bands, heatmap and dynamics."""
+    _not_built("entropy")
+
+
+# ---------------------------------------------------------------------------------------------
+# secure evaluation and cost model
+
+
+@app.command("secure-eval")
+def secure_eval() -> None:
+    """Run a checkpoint under two real CrypTen parties and meter each operator."""
+    _not_built("secure-eval")
+
+
+@app.command()
+def cost() -> None:
+    """Predict secure-inference cost from calibrated per-operator unit costs (no MPC run)."""
+    _not_built("cost")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+@app.command()
+def report() -> None:
+    """Tables and figures across run directories."""
+    _not_built("report")
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+@app.command()
+def convert(
+    from_hf: Path = typer.Option(..., "--from-hf", help="A saved Hugging Face GPT-2 or GPT-NeoX model folder."),
+    out: Path = typer.Option(..., "--out", help="Where to write the pi-lnfree checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Convert a saved Hugging Face GPT2LMHeadModel / GPTNeoXForCausalLM into a checkpoint."""
+    from pi_lnfree.hf import convert_folder
+
+    result = convert_folder(from_hf, out)
+    console.print(f"wrote {out} ({result['variant']}, {result['parameters']:,} parameters)")
+    emit(result, as_json)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point: UserError -> one line on stderr, exit code 2."""
+    try:
+        app(args=argv, prog_name="pi-lnfree")
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        message = " ".join(str(e).split())
+        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

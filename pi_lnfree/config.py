@@ -1,0 +1,224 @@
+"""Model configuration: one dataclass with every architectural switch, presets and variants.
+
+A *preset* fixes the shape (layers, heads, width, context); a *variant* sets the switches the
+paper compares (norm, activation). The vocabulary size comes from the data folder's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pi_lnfree.errors import UserError
+
+NORMS = ("layernorm", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
+SLOPE_MODES = ("layer", "global")
+RESIDUALS = ("sequential", "parallel")
+POSITIONS = ("learned", "rotary")
+
+
+@dataclass
+class ModelConfig:
+    """Every switch of the decoder family. Defaults are GPT-2 small with LayerNorm and GELU."""
+
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 128
+    norm: str = "layernorm"  # the two per-block norms: "layernorm" or "none"
+    final_norm: bool = True  # the norm before the LM head, a separate switch
+    norm_eps: float = 1e-5
+    # One activation name for all layers, or a list with one name per layer (hybrids).
+    activation: str | list[str] = "gelu"
+    leaky_slope: float = 0.01  # fixed slope of leaky_relu; initial slope of learnable_leaky
+    slope_mode: str = "layer"  # learnable_leaky: one slope per layer, or one shared ("global")
+    residual: str = "sequential"  # GPT-2: sequential; Pythia: parallel
+    position: str = "learned"  # GPT-2: learned absolute; Pythia: rotary
+    rotary_pct: float = 0.25  # fraction of each head's dims that are rotated
+    rotary_base: float = 10000.0
+    tie_embeddings: bool = True
+    bias: bool = True  # biases of all linear layers
+    ffn_mult: int = 4
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.ffn_mult * self.n_embd
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dims per head (even); 0 when positions are learned."""
+        if self.position != "rotary":
+            return 0
+        return int(self.head_dim * self.rotary_pct) // 2 * 2
+
+    def layer_activations(self) -> list[str]:
+        """The activation of each layer (expands a single name)."""
+        if isinstance(self.activation, str):
+            return [self.activation] * self.n_layer
+        return list(self.activation)
+
+    def slope_index(self) -> list[int | None]:
+        """For each layer, which entry of the model's `slopes` tensor it uses (None: no slope)."""
+        out: list[int | None] = []
+        n = 0
+        for act in self.layer_activations():
+            if act != "learnable_leaky":
+                out.append(None)
+            elif self.slope_mode == "global":
+                out.append(0)
+                n = 1
+            else:
+                out.append(n)
+                n += 1
+        return out
+
+    @property
+    def n_slopes(self) -> int:
+        idx = [i for i in self.slope_index() if i is not None]
+        return max(idx) + 1 if idx else 0
+
+    # -- checks and (de)serialization ----------------------------------------------------------
+    def validate(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UserError(f"invalid model config: {msg}")
+
+        check(self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}")
+        check(self.n_layer > 0 and self.n_head > 0 and self.block_size > 0, "sizes must be positive")
+        check(self.n_embd % self.n_head == 0, f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
+        check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
+        check(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}")
+        check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
+        check(self.slope_mode in SLOPE_MODES, f"slope_mode must be one of {SLOPE_MODES}, got {self.slope_mode!r}")
+        check(0.0 < self.rotary_pct <= 1.0, f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.position == "rotary":
+            check(self.rotary_dim >= 2, "rotary_pct too small: no head dim would rotate")
+        acts = self.layer_activations()
+        check(len(acts) == self.n_layer, f"activation list has {len(acts)} entries for {self.n_layer} layers")
+        for act in acts:
+            check(act in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {act!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+
+# Shapes. `vocab_size` is filled in from the tokenizer of the data folder.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=128),
+    "pythia-70m": dict(
+        n_layer=6, n_head=8, n_embd=512, block_size=128, position="rotary", rotary_pct=0.25,
+        residual="parallel", tie_embeddings=False,
+    ),
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, block_size=128),
+}
+
+# The paper's configurations, as switches on top of a preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sm-ln-g": dict(norm="layernorm", activation="gelu"),
+    "sm-ln-r": dict(norm="layernorm", activation="relu"),
+    "sm-g": dict(norm="none", activation="gelu"),
+    "sm-r": dict(norm="none", activation="relu"),
+    "sm-lrelu-layer": dict(norm="none", activation="learnable_leaky", slope_mode="layer"),
+    "sm-lrelu-global": dict(norm="none", activation="learnable_leaky", slope_mode="global"),
+}
+
+
+def parse_variant(variant: str, n_layer: int) -> dict[str, Any]:
+    """Switches for a variant name.
+
+    Besides the names in `VARIANTS`, hybrids are written as a per-layer activation list after
+    `sm-` or `sm-ln-`, comma separated, e.g. `sm-hybrid:relu,relu,gelu,gelu` (LN-free) or
+    `sm-ln-hybrid:relu,gelu` (with LayerNorm). A list shorter than the model is repeated
+    block-wise: `sm-hybrid:relu,gelu` on 4 layers is relu,relu,gelu,gelu.
+    """
+    if variant in VARIANTS:
+        return dict(VARIANTS[variant])
+    for prefix, norm in (("sm-ln-hybrid:", "layernorm"), ("sm-hybrid:", "none")):
+        if variant.startswith(prefix):
+            acts = [a.strip() for a in variant[len(prefix):].split(",") if a.strip()]
+            if not acts or n_layer % len(acts):
+                raise UserError(
+                    f"hybrid variant {variant!r}: {len(acts)} activations do not divide {n_layer} layers"
+                )
+            rep = n_layer // len(acts)
+            return dict(norm=norm, activation=[a for a in acts for _ in range(rep)])
+    names = ", ".join(VARIANTS)
+    raise UserError(f"unknown variant {variant!r}; known: {names}, sm-hybrid:ACT,..., sm-ln-hybrid:ACT,...")
+
+
+def make_config(preset: str, variant: str = "sm-ln-g", vocab_size: int = 50257, **overrides: Any) -> ModelConfig:
+    """Preset shape + variant switches + explicit overrides -> a validated ModelConfig."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset])
+    n_layer = overrides.get("n_layer", base["n_layer"])
+    return ModelConfig.from_dict({**base, **parse_variant(variant, n_layer), "vocab_size": vocab_size, **overrides})
+
+
+_ACT_LABEL = {
+    "gelu": "G",
+    "gelu_tanh": "G",
+    "relu": "R",
+    "leaky_relu": "LR",
+    "learnable_leaky": "LLR",
+}
+
+
+def variant_label(cfg: ModelConfig) -> str:
+    """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid)."""
+    acts = cfg.layer_activations()
+    labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
+    act = "/".join(labels)
+    if "learnable_leaky" in acts:
+        act += f"({cfg.slope_mode})"
+    name = "SM+" + ("LN+" if cfg.norm == "layernorm" else "") + act
+    if not cfg.final_norm:
+        name += " (no final LN)"
+    return name
+
+
+def variant_name(cfg: ModelConfig) -> str:
+    """The CLI/recipe name of a configuration's switches (inverse of `parse_variant`)."""
+    acts = cfg.layer_activations()
+    if len(set(acts)) == 1:
+        for name, sw in VARIANTS.items():
+            same_mode = sw.get("slope_mode", cfg.slope_mode) == cfg.slope_mode
+            if sw["norm"] == cfg.norm and sw["activation"] == acts[0] and same_mode:
+                return name
+    prefix = "sm-ln-hybrid:" if cfg.norm == "layernorm" else "sm-hybrid:"
+    return prefix + ",".join(acts)
+
+
+__all__ = [
+    "ModelConfig",
+    "PRESETS",
+    "VARIANTS",
+    "make_config",
+    "parse_variant",
+    "variant_label",
+    "variant_name",
+]

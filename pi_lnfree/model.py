@@ -1,0 +1,203 @@
+"""The plaintext decoder family: GPT-2 and Pythia shapes with every switch the paper needs.
+
+One `GPT` class covers LayerNorm or no per-block norm (the final norm is its own switch),
+GELU / tanh-GELU / ReLU / leaky ReLU / learnable leaky ReLU (one slope per layer or one shared
+slope) or a per-layer mix, sequential (GPT-2) or parallel (Pythia) residual, learned or partial
+rotary positions, tied or untied embeddings. `pi_lnfree/secure/model.py` mirrors it block for block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pi_lnfree.config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig, enabled: bool) -> nn.Module:
+    """LayerNorm when enabled, else identity (the LN-free variants)."""
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if enabled else nn.Identity()
+
+
+def activate(x: torch.Tensor, name: str, slope: torch.Tensor | float | None) -> torch.Tensor:
+    """Apply one FFN activation by name; `slope` is the negative slope of the leaky kinds."""
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu(x)
+    if name in ("leaky_relu", "learnable_leaky"):
+        # x for x >= 0, slope * x otherwise; written out so a tensor slope gets its gradient.
+        return torch.where(x >= 0, x, x * slope)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class RotaryCache(nn.Module):
+    """cos/sin tables for rotary positions on the first `rotary_dim` dims of each head (GPT-NeoX
+    convention: the rotated dims are split in halves, not interleaved)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.rotary_dim
+        inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        t = torch.arange(cfg.block_size, dtype=torch.float64)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos().float(), persistent=False)
+        self.register_buffer("sin", emb.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate (B, H, T, hd) queries or keys."""
+        T, dim = x.size(-2), self.cos.size(-1)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        rot, keep = x[..., :dim], x[..., dim:]
+        half = dim // 2
+        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        return torch.cat((rot * cos + rotated_half * sin, keep), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(
+        self, x: torch.Tensor, rotary: RotaryCache | None, return_attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q, k = rotary(q), rotary(k)
+        if return_attention:
+            # Explicit softmax probabilities, for entropy diagnostics; same math as the fast path.
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = att @ v
+        else:
+            att = None
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y), att
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, activation: str):
+        super().__init__()
+        self.activation = activation
+        self.fixed_slope = cfg.leaky_slope
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.ffn_dim, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.ffn_dim, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
+        s = slope if self.activation == "learnable_leaky" else self.fixed_slope
+        return self.c_proj(activate(self.c_fc(x), self.activation, s))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.parallel = cfg.residual == "parallel"
+        self.slope_index = cfg.slope_index()[layer]
+        self.ln_1 = make_norm(cfg, cfg.norm == "layernorm")
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg, cfg.norm == "layernorm")
+        self.mlp = MLP(cfg, cfg.layer_activations()[layer])
+
+    def forward(
+        self, x: torch.Tensor, rotary: RotaryCache | None, slopes: torch.Tensor | None, return_attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        slope = slopes[self.slope_index] if self.slope_index is not None else None
+        a, att = self.attn(self.ln_1(x), rotary, return_attention)
+        if self.parallel:
+            return x + a + self.mlp(self.ln_2(x), slope), att
+        x = x + a
+        return x + self.mlp(self.ln_2(x), slope), att
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer. `forward(idx, targets=None, return_attention=False)`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.rotary = RotaryCache(cfg) if cfg.position == "rotary" else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg, cfg.final_norm)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        # Learnable leaky-ReLU slopes: one entry per layer ("layer") or a single shared one
+        # ("global"); each block reads its entry through cfg.slope_index().
+        self.slopes = nn.Parameter(torch.full((cfg.n_slopes,), cfg.leaky_slope)) if cfg.n_slopes else None
+        self.apply(self._init_weights)
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False
+    ):
+        """Logits (B, T, V); plus the mean cross-entropy when `targets` are given; plus the list of
+        per-layer attention probabilities (B, H, T, T) when `return_attention` is true.
+
+        Returns `logits`, `(logits, loss)`, `(logits, attentions)` or `(logits, loss, attentions)`.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds the model's context {self.config.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        attentions = []
+        for block in self.blocks:
+            x, att = block(x, self.rotary, self.slopes, return_attention)
+            if return_attention:
+                attentions.append(att)
+        logits = self.lm_head(self.ln_f(x))
+        out: tuple = (logits,)
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+            out += (loss,)
+        if return_attention:
+            out += (attentions,)
+        return out[0] if len(out) == 1 else out
+
+    def num_parameters(self) -> int:
+        """Parameter count with tied weights counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def slope_values(self) -> list[float]:
+        """Current learnable slopes (empty when the model has none)."""
+        return [] if self.slopes is None else self.slopes.detach().float().tolist()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices and embeddings; never biases, norm gains or learnable slopes."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
