@@ -4,13 +4,34 @@ Headwise entropy follows eq. 8 of the paper: for head h of layer l with causal a
 A (T x T, rows sum to 1), E(l, h) = -(1/T) * sum_i sum_j A[i, j] * log(A[i, j] + eps). It is
 computed from the explicit softmax probabilities (`model(idx, return_attention=True)`), never from
 a fused kernel, and accumulated in float64.
+
+Both `evaluate` and `entropy_report` read the validation split in order: `batch_size` B and
+`batches` N mean the first N*B validation sequences (all of them when N is None), so two tools
+given the same numbers see the same tokens. Perplexity predicts tokens 1..T-1 of each sequence
+from the ones before; entropy is computed on whole sequences (all T positions).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from pi_lnfree.errors import UserError
 
 DEFAULT_EPS = 1e-12
+BAND_KEYS = ("0-25", "25-50", "50-75", "75-100")
+
+
+# ---------------------------------------------------------------------------------------------
+# entropy of one batch
 
 
 @torch.no_grad()
@@ -29,3 +50,334 @@ def _entropy_of_probs(att: torch.Tensor, eps: float) -> torch.Tensor:
     p = att.double()
     per_query = -(p * torch.log(p + eps)).sum(dim=-1)  # (B, H, T); masked keys have p = 0
     return per_query.mean(dim=-1)
+
+
+def max_causal_entropy(seq_len: int) -> float:
+    """Largest possible eq. 8 entropy of a causal head over `seq_len` positions: query i sees
+    i + 1 keys, so uniform attention gives log(i + 1); averaged over positions, lgamma(T+1)/T."""
+    if seq_len < 1:
+        raise UserError(f"sequence length must be at least 1, got {seq_len}")
+    return math.lgamma(seq_len + 1) / seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# bands
+
+
+def entropy_bands(entropy: np.ndarray | list, emax: float | None = None) -> dict[str, Any]:
+    """Fractions of heads in [0, Emax/4), [Emax/4, Emax/2), [Emax/2, 3Emax/4), [3Emax/4, Emax].
+
+    `entropy` is (n_layer, n_head); Emax defaults to its largest value (the paper's definition).
+    Returns `{"emax", "bands", "bands_per_layer", "overload_fraction"}`; the overload fraction is
+    the share of heads in the top band. When Emax is 0 (every head fully collapsed), every head
+    equals Emax and so lies in the top band.
+    """
+    e = np.asarray(entropy, dtype=np.float64)
+    if e.ndim != 2 or e.size == 0:
+        raise UserError(f"entropy must be a non-empty (layers, heads) matrix, got shape {e.shape}")
+    emax = float(e.max()) if emax is None else float(emax)
+    if emax > 0:
+        idx = np.clip(np.floor(4.0 * e / emax), 0, 3).astype(int)
+    else:
+        idx = np.full(e.shape, 3)
+
+    def fractions(band_idx: np.ndarray) -> dict[str, float]:
+        counts = np.bincount(band_idx.ravel(), minlength=4)
+        return {k: float(c) / band_idx.size for k, c in zip(BAND_KEYS, counts, strict=True)}
+
+    bands = fractions(idx)
+    return {
+        "emax": emax,
+        "bands": bands,
+        "bands_per_layer": [fractions(row) for row in idx],
+        "overload_fraction": bands["75-100"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs: checkpoint paths and data compatibility
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A `ckpt.pt` path, or a run dir holding one -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "ckpt.pt"
+        if not ckpt.is_file():
+            raise UserError(f"{path} is a directory without ckpt.pt (give a checkpoint file or a run dir)")
+        return ckpt
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def recorded_tokenizer_sha(ckpt: dict[str, Any]) -> str | None:
+    """The data folder tokenizer's sha256 recorded by the trainer (in "meta" or "train"), if any."""
+    for section in ("meta", "train"):
+        part = ckpt.get(section) or {}
+        if not isinstance(part, dict):
+            continue
+        for holder in (part, part.get("data") if isinstance(part.get("data"), dict) else {}):
+            sha = holder.get("tokenizer_sha256")
+            if sha:
+                return str(sha)
+    return None
+
+
+def check_data_compatible(cfg, folder, n_positions: int, ckpt: dict[str, Any] | None = None) -> None:
+    """UserError unless `folder` can be fed to a model with config `cfg`: same vocabulary size,
+    same tokenizer (when the checkpoint recorded one), `n_positions` within the model's context."""
+    if int(folder.vocab_size) != int(cfg.vocab_size):
+        raise UserError(
+            f"data folder vocabulary ({folder.vocab_size} tokens) differs from the checkpoint's "
+            f"({cfg.vocab_size}): prepare the data with the tokenizer the model was trained on"
+        )
+    want = recorded_tokenizer_sha(ckpt) if ckpt is not None else None
+    have = getattr(folder, "tokenizer_sha256", None)
+    if want and have and want != have:
+        raise UserError(
+            f"data folder tokenizer (sha256 {have[:12]}...) differs from the one the checkpoint was "
+            f"trained with ({want[:12]}...): prepare the data with the same tokenizer"
+        )
+    if n_positions > cfg.block_size:
+        raise UserError(
+            f"data sequences need {n_positions} positions but the model's context is {cfg.block_size}: "
+            f"prepare the data with --seq-len {cfg.block_size + folder.seq_len - n_positions} or less"
+        )
+
+
+def _batches(folder, batch_size: int, batches: int | None) -> tuple[Iterator, int]:
+    """(iterator of int64 (B, T) tensors over the first batches*batch_size sequences, batch count)."""
+    from pi_lnfree.data import iter_valid_batches
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if batches is not None and batches < 1:
+        raise UserError(f"--batches must be at least 1, got {batches}")
+    n_valid = len(folder.valid)
+    if n_valid == 0:
+        raise UserError("the data folder's validation split is empty")
+    total = math.ceil(n_valid / batch_size)
+    total = total if batches is None else min(total, batches)
+    it = (torch.as_tensor(np.asarray(b, dtype=np.int64)) for b in iter_valid_batches(folder, batch_size, batches))
+    return it, total
+
+
+def _run_batches(
+    folder, batch_size: int, batches: int | None, description: str, show_progress: bool,
+    step: Callable[[torch.Tensor], None],
+) -> None:
+    """Call `step` on each validation batch, with a progress bar on stderr when asked."""
+    from pi_lnfree.progress import progress
+
+    it, total = _batches(folder, batch_size, batches)
+    if not show_progress:
+        for chunk in it:
+            step(chunk)
+        return
+    with progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for chunk in it:
+            step(chunk)
+            bar.advance(task)
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------
+# perplexity
+
+
+@torch.no_grad()
+def evaluate(model, folder, batch_size: int = 16, batches: int | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """Mean cross-entropy and perplexity on the first `batches` x `batch_size` validation
+    sequences: inputs chunk[:, :-1], targets chunk[:, 1:]; losses summed in float64.
+
+    Returns `{"loss", "ppl", "tokens", "sequences"}` (ppl = exp(loss)).
+    """
+    check_data_compatible(model.config, folder, folder.seq_len - 1)
+    device = _device_of(model)
+    total = {"loss": 0.0, "tokens": 0, "sequences": 0}
+
+    def step(chunk: torch.Tensor) -> None:
+        chunk = chunk.to(device, non_blocking=True)
+        logits = model(chunk[:, :-1])
+        targets = chunk[:, 1:]
+        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        total["loss"] += float(losses.double().sum())
+        total["tokens"] += targets.numel()
+        total["sequences"] += chunk.size(0)
+
+    _run_batches(folder, batch_size, batches, "eval", show_progress, step)
+    loss = total["loss"] / total["tokens"]
+    return {"loss": loss, "ppl": math.exp(loss), "tokens": total["tokens"], "sequences": total["sequences"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# entropy over the validation split
+
+
+@torch.no_grad()
+def entropy_matrix(
+    model, folder, batch_size: int = 16, batches: int | None = None, eps: float = DEFAULT_EPS,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Headwise entropy (n_layer, n_head) averaged over the first `batches` x `batch_size`
+    validation sequences (each sequence weighted equally), and the number of sequences."""
+    check_data_compatible(model.config, folder, folder.seq_len)
+    device = _device_of(model)
+    acc = {"sum": torch.zeros(model.config.n_layer, model.config.n_head, dtype=torch.float64), "n": 0}
+
+    def step(chunk: torch.Tensor) -> None:
+        acc["sum"] += headwise_entropy(model, chunk.to(device, non_blocking=True), eps) * chunk.size(0)
+        acc["n"] += chunk.size(0)
+
+    _run_batches(folder, batch_size, batches, "entropy", show_progress, step)
+    return (acc["sum"] / acc["n"]).numpy(), acc["n"]
+
+
+def entropy_report(
+    model, folder, batch_size: int = 16, batches: int | None = None, eps: float = DEFAULT_EPS,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Headwise entropy, Emax bands (overall and per layer), overload fraction, and the same
+    values relative to the theoretical maximum `max_entropy` (uniform causal attention).
+
+    Keys: entropy, emax, bands, bands_per_layer, overload_fraction, entropy_per_layer,
+    max_entropy, entropy_relative, emax_relative, sequences, seq_len, eps.
+    """
+    e, n = entropy_matrix(model, folder, batch_size, batches, eps, show_progress)
+    hmax = max_causal_entropy(int(folder.seq_len))
+    bands = entropy_bands(e)
+    return {
+        "entropy": e.tolist(),
+        **bands,
+        "entropy_per_layer": e.mean(axis=1).tolist(),
+        "max_entropy": hmax,
+        "entropy_relative": (e / hmax).tolist(),
+        "emax_relative": bands["emax"] / hmax,
+        "sequences": n,
+        "seq_len": int(folder.seq_len),
+        "eps": eps,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# dynamics from a run dir's metrics.jsonl
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a run's metrics.jsonl (a run dir or the file itself), in order.
+
+    A truncated last line (a run interrupted mid-write) is skipped; a malformed line elsewhere
+    is an error.
+    """
+    path = Path(path)
+    file = path / "metrics.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"no metrics history: {file} not found")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise UserError(f"{file}: line {i + 1} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{file}: line {i + 1} is not a JSON object")
+        records.append(rec)
+    return records
+
+
+def entropy_dynamics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Entropy per layer (mean over heads) and learnable slopes over training steps.
+
+    From metrics records, keeps lines with an "entropy" matrix; returns `{"steps",
+    "tokens", "entropy" ([step][layer][head]), "entropy_per_layer" ([step][layer]), "slope_steps",
+    "slopes" ([step][slope])}`; the slope lists are empty when the run has no learnable slopes.
+    """
+    rows = [r for r in records if r.get("entropy")]
+    if not rows:
+        raise UserError("the run's metrics.jsonl has no entropy history (was entropy logging on?)")
+    shapes = {np.asarray(r["entropy"], dtype=np.float64).shape for r in rows}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise UserError(f"inconsistent entropy matrices in the history: shapes {sorted(shapes)}")
+    slope_rows = [r for r in records if r.get("slopes")]
+    return {
+        "steps": [int(r["step"]) for r in rows],
+        "tokens": [int(r.get("tokens", 0)) for r in rows],
+        "entropy": [r["entropy"] for r in rows],
+        "entropy_per_layer": [np.asarray(r["entropy"], dtype=np.float64).mean(axis=1).tolist() for r in rows],
+        "slope_steps": [int(r["step"]) for r in slope_rows],
+        "slopes": [[float(s) for s in r["slopes"]] for r in slope_rows],
+    }
+
+
+def find_metrics(path: str | os.PathLike) -> Path:
+    """metrics.jsonl of a run dir, of the run dir holding a checkpoint, or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "metrics.jsonl"
+    return path if path.suffix == ".jsonl" else path.parent / "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# whole commands: checkpoint + data folder -> result dicts (the CLI prints them)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_checkpoint_and_data(ckpt_path, data_dir, n_positions_offset: int, device=None):
+    """Load a checkpoint (file or run dir) and a data folder, and check they fit together.
+
+    `n_positions_offset` is how many positions of each sequence the model is *not* fed (1 for
+    eval, 0 for entropy). Returns (model, checkpoint dict, folder, identity dict).
+    """
+    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.config import variant_label, variant_name
+    from pi_lnfree.data import load_data_folder
+
+    path = resolve_checkpoint(ckpt_path)
+    folder = load_data_folder(data_dir)
+    model, ckpt = load_model(path, device or default_device())
+    check_data_compatible(model.config, folder, int(folder.seq_len) - n_positions_offset, ckpt)
+    identity = {"checkpoint": str(path), "variant": variant_name(model.config), "label": variant_label(model.config)}
+    return model, ckpt, folder, identity
+
+
+def eval_checkpoint(ckpt_path, data_dir, batch_size: int = 16, batches: int | None = None,
+                    show_progress: bool = False) -> dict[str, Any]:
+    """`pi-lnfree eval`: {"loss", "ppl", "tokens", "sequences", "checkpoint", "variant", "label"}."""
+    model, _, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir, 1)
+    return {**evaluate(model, folder, batch_size, batches, show_progress), **identity}
+
+
+def entropy_checkpoint(ckpt_path, data_dir, batch_size: int = 16, batches: int | None = None,
+                       eps: float = DEFAULT_EPS, show_progress: bool = False) -> dict[str, Any]:
+    """`pi-lnfree entropy`: `entropy_report` plus "checkpoint", "variant", "label"."""
+    model, _, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir, 0)
+    return {**entropy_report(model, folder, batch_size, batches, eps, show_progress), **identity}
+
+
+def run_dynamics(path: str | os.PathLike) -> dict[str, Any]:
+    """Entropy/slope history of a run (run dir, its ckpt.pt, or metrics.jsonl) plus the
+    variant of its checkpoint when one is there."""
+    metrics = find_metrics(path)
+    dyn = {**entropy_dynamics(read_metrics(metrics)), "metrics": str(metrics)}
+    ckpt = metrics.parent / "ckpt.pt"
+    if ckpt.is_file():
+        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
+        from pi_lnfree.config import variant_label, variant_name
+
+        cfg = config_from_checkpoint(load_checkpoint(ckpt), ckpt)
+        dyn.update(variant=variant_name(cfg), label=variant_label(cfg), slope_mode=cfg.slope_mode)
+    return dyn
