@@ -14,7 +14,6 @@ import pickle
 import subprocess
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ def default_meta() -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "git_commit": _git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -85,6 +84,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+_PLAIN = (torch.Tensor, int, float, str, bool, type(None))
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError unless `obj` is tensors and plain containers only (what weights_only loads)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_plain(k, where)
+            check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN) or type(obj).__module__ not in ("builtins", "torch"):
+        raise TypeError(f"{where}: {type(obj).__qualname__} cannot be stored (tensors and plain containers only)")
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model_state: dict[str, torch.Tensor],
@@ -102,6 +117,7 @@ def save_checkpoint(
         "optimizer": optimizer,
         "meta": {**default_meta(), **(meta or {})},
     }
+    check_plain(obj)
     atomic_torch_save(obj, path)
 
 
@@ -113,9 +129,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
+        first = lines[0] if lines else type(e).__name__
         raise CheckpointError(f"{path}: refused to load (not plain tensors/containers): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # any other failure to parse (EOF, bad zip, bad opcode, ...) means corrupt
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
