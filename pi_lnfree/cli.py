@@ -78,15 +78,63 @@ def train() -> None:
 
 
 @app.command("eval")
-def eval_cmd() -> None:
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A ckpt.pt, or a run dir holding one."),
+    data: Path = typer.Option(..., "--data", help="A prepared data folder (its validation split is used)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per batch."),
+    batches: Optional[int] = typer.Option(
+        None, "--batches", help="Use only the first N batches (N x batch-size sequences); default: all."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
     """Cross-entropy and perplexity of a checkpoint on a data folder's validation split."""
-    _not_built("eval")
+    from pi_lnfree.diagnostics import eval_checkpoint
+
+    result = eval_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
+    console.print(
+        f"{result['label']} ({result['variant']}): loss {result['loss']:.4f}, ppl {result['ppl']:.4f} "
+        f"over {result['tokens']:,} tokens ({result['sequences']:,} sequences)"
+    )
+    emit(result, as_json)
 
 
 @app.command()
-def entropy() -> None:
+def entropy(
+    checkpoint: Path = typer.Argument(..., help="A ckpt.pt, or a run dir holding one (and metrics.jsonl)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="A prepared data folder (validation split); needed unless only --dynamics."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per batch."),
+    batches: Optional[int] = typer.Option(
+        None, "--batches", help="Use only the first N batches (N x batch-size sequences); default: all."
+    ),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a layers x heads heatmap PNG here."),
+    dynamics: Optional[Path] = typer.Option(
+        None, "--dynamics", help="Write entropy (and slope) over training steps from the run's metrics.jsonl."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
     """Headwise attention entropy of a checkpoint, entropy bands, heatmap and dynamics."""
-    _not_built("entropy")
+    from pi_lnfree import diagnostics as dg
+
+    if data is None and dynamics is None:
+        raise UserError("give --data DIR (entropy on its validation split) and/or --dynamics PNG (from a run dir)")
+    if plot is not None and data is None:
+        raise UserError("--plot needs --data DIR")
+    result: dict[str, Any] = {}
+    if data is not None:
+        result = dg.entropy_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
+        console.print(dg.entropy_table(result))
+        console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
+        if plot is not None:
+            result["plot"] = str(dg.write_entropy_heatmap(result, plot))
+            console.print(f"wrote {plot}")
+    if dynamics is not None:
+        dyn = dg.run_dynamics(checkpoint)
+        result["dynamics"] = dyn
+        result["dynamics_plot"] = str(dg.write_dynamics_figure(dyn, dynamics))
+        console.print(f"wrote {dynamics} ({len(dyn['steps'])} entropy records)")
+    emit(result, as_json)
 
 
 # ---------------------------------------------------------------------------------------------

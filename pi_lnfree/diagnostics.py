@@ -379,5 +379,68 @@ def run_dynamics(path: str | os.PathLike) -> dict[str, Any]:
         from pi_lnfree.config import variant_label, variant_name
 
         cfg = config_from_checkpoint(load_checkpoint(ckpt), ckpt)
-        dyn.update(variant=variant_name(cfg), label=variant_label(cfg), slope_mode=cfg.slope_mode)
+        dyn.update(variant=variant_name(cfg), label=variant_label(cfg), slope_labels=_slope_labels(cfg))
     return dyn
+
+
+def _slope_labels(cfg) -> list[str]:
+    """Legend label of each learnable slope: the layer(s) that use it."""
+    users: dict[int, list[int]] = {}
+    for layer, k in enumerate(cfg.slope_index()):
+        if k is not None:
+            users.setdefault(k, []).append(layer)
+    labels = []
+    for k in sorted(users):
+        layers = users[k]
+        if len(layers) == 1:
+            labels.append(f"layer {layers[0]}")
+        elif len(layers) == cfg.n_layer:
+            labels.append("shared by all layers")
+        else:
+            labels.append("shared by layers " + ",".join(map(str, layers)))
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# human output and figures for the CLI
+
+
+def entropy_table(result: dict[str, Any]):
+    """A rich Table per layer: mean/min/max headwise entropy and band shares."""
+    from rich.table import Table
+
+    table = Table(title=f"headwise entropy, {result.get('label', '')} (Emax {result['emax']:.3f} nats, "
+                  f"max possible {result['max_entropy']:.3f})")
+    table.add_column("layer", justify="right")
+    for name in ("mean", "min", "max"):
+        table.add_column(name, justify="right")
+    for key in BAND_KEYS:
+        table.add_column(f"{key}% Emax", justify="right")
+    for i, (row, bands) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
+        stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
+        table.add_row(str(i), *stats, *(f"{bands[k]:.0%}" for k in BAND_KEYS))
+    table.add_row("all", f"{np.mean(result['entropy']):.3f}", f"{np.min(result['entropy']):.3f}",
+                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in BAND_KEYS), end_section=True)
+    return table
+
+
+def write_entropy_heatmap(result: dict[str, Any], out: str | os.PathLike) -> Path:
+    """The layers x heads heatmap of an `entropy_checkpoint` result, on the 0..max_entropy scale."""
+    from pi_lnfree.plots import entropy_heatmap
+
+    title = (f"Headwise attention entropy: {result['label']} ({result['variant']})\n"
+             f"overload: {result['overload_fraction']:.0%} of heads in the top band")
+    return entropy_heatmap(result["entropy"], out, title, vmax=result["max_entropy"], emax=result["emax"])
+
+
+def write_dynamics_figure(dyn: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Entropy-per-layer (and slope) history of a `run_dynamics` result as a PNG."""
+    from pi_lnfree.plots import dynamics_figure
+
+    name = f"{dyn['label']} ({dyn['variant']})" if "label" in dyn else str(Path(dyn["metrics"]).parent)
+    n_slopes = len(dyn["slopes"][0]) if dyn["slopes"] else 0
+    labels = dyn.get("slope_labels")
+    if labels is None or len(labels) != n_slopes:
+        labels = [f"slope {k}" for k in range(n_slopes)]
+    return dynamics_figure(dyn["steps"], dyn["entropy_per_layer"], out, f"Training dynamics: {name}",
+                           dyn["slope_steps"], dyn["slopes"], labels)
