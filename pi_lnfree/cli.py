@@ -58,9 +58,38 @@ def _not_built(name: str) -> None:
 
 
 @data_app.command("prepare")
-def data_prepare() -> None:
+def data_prepare(
+    source: str = typer.Option(
+        ..., "--source",
+        help="python-stdlib | dir:PATH | files:JSONL | hub:DATASET[:CONFIG][,VALID_DATASET[:CONFIG]]",
+    ),
+    out: Path = typer.Option(..., "--out", help="Data folder to write (reused when the arguments match)."),
+    vocab_size: Optional[int] = typer.Option(
+        None, "--vocab-size", help="Train a byte-level BPE of this size on the train split."
+    ),
+    tokenizer: Optional[Path] = typer.Option(
+        None, "--tokenizer", help="Use this tokenizer.json instead of training one."
+    ),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per chunk; a shorter last chunk is dropped."),
+    valid_fraction: float = typer.Option(
+        0.01, "--valid-fraction", help="Share of documents hashed into validation (sources without a split)."
+    ),
+    text_column: str = typer.Option("content", "--text-column", help="Text field of hub:/files: records."),
+    glob: str = typer.Option("*.py", "--glob", help="File pattern for dir: and python-stdlib sources."),
+    limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="Read at most this many MB of text."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder prepared differently."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object on stdout."),
+) -> None:
     """Tokenize a corpus into train/valid token shards and a tokenizer."""
-    _not_built("data prepare")
+    from pi_lnfree.data import describe, prepare
+
+    manifest = prepare(
+        source, out, vocab_size=vocab_size, seq_len=seq_len, valid_fraction=valid_fraction,
+        tokenizer=tokenizer, text_column=text_column, glob=glob, limit_mb=limit_mb, overwrite=overwrite,
+    )
+    verb = "reused" if manifest["reused"] else f"wrote in {manifest['seconds']:.1f}s"
+    console.print(f"{verb} {out}: {describe(manifest)}", highlight=False)
+    emit(manifest, as_json)
 
 
 # ---------------------------------------------------------------------------------------------
