@@ -97,9 +97,25 @@ def data_prepare(
 
 
 @app.command()
-def train() -> None:
-    """Train a model from a recipe (TOML) into a run directory."""
-    _not_built("train")
+def train(
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe TOML (training/*.toml). Optional with --resume."),
+    sets: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a recipe key: section.key=VALUE (a TOML value, e.g. model.activation=relu)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory (with --matrix: the parent of one folder per run)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its ckpt.pt left off."),
+    matrix: Optional[Path] = typer.Option(None, "--matrix", help="Matrix TOML: train every listed variant into OUT/NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train a model from a recipe (TOML) into a run directory: ckpt.pt, best.pt, metrics.jsonl, recipe.toml."""
+    from pi_lnfree.train import train_command
+
+    result = train_command(recipe, list(sets or []), out, resume=resume, matrix=matrix)
+    runs = result["runs"] if "runs" in result else [result]
+    for r in runs:
+        ppl = f", eval ppl {r['eval_ppl']:.3f}" if r.get("eval_ppl") else ""
+        console.print(f"{r['label']}: {r['steps']} steps{ppl} -> {r['run_dir']}", highlight=False)
+    emit(result, as_json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,9 +227,16 @@ def convert(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: UserError -> one line on stderr, exit code 2."""
+    """Console-script entry point: UserError -> one line on stderr, exit code 2.
+
+    Returns normally on success (so tests can call `main([...])`); usage errors exit with 2.
+    """
     try:
-        app(args=argv, prog_name="pi-lnfree")
+        app(args=argv, prog_name="pi-lnfree")  # Typer/Click handle usage errors (exit 2)
+    except SystemExit as e:
+        if argv is not None and e.code in (0, None):
+            return  # programmatic call that succeeded
+        raise
     except UserError as e:
         if _state["debug"]:
             raise

@@ -117,7 +117,7 @@ _NEOX_NAMES = (
 
 def _neox_pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     """(our key, HF key, layout) for GPT-NeoX; layout "qkv" means per-head [q, k, v] packing."""
-    pairs = [("wte.weight", "gpt_neox.embed_in.weight", ""), ("lm_head.weight", "embed_out.weight", ""),
+    pairs = [("wte.weight", "gpt_neox.embed_in.weight", ""), ("lm_head.weight", "lm_head.weight", ""),
              ("ln_f.weight", "gpt_neox.final_layer_norm.weight", ""),
              ("ln_f.bias", "gpt_neox.final_layer_norm.bias", "")]
     kinds = ("weight", "bias") if cfg.bias else ("weight",)
@@ -142,6 +142,19 @@ def _to_theirs(t: torch.Tensor, layout: str, cfg: ModelConfig) -> torch.Tensor:
     return _neox_qkv_to_hf(t, cfg) if layout == "qkv" else t
 
 
+_INPUT_EMBEDDING = {"gpt2": "transformer.wte.weight", "gpt_neox": "gpt_neox.embed_in.weight"}
+
+
+def _canonical_head(hf_state: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """Name the output projection `lm_head.weight` (older GPT-NeoX releases call it `embed_out`;
+    tied models may omit it)."""
+    hf_state = dict(hf_state)
+    if "embed_out.weight" in hf_state:
+        hf_state["lm_head.weight"] = hf_state.pop("embed_out.weight")
+    hf_state.setdefault("lm_head.weight", hf_state[_INPUT_EMBEDDING[model_type]])
+    return hf_state
+
+
 _FAMILIES = {"gpt2": (_gpt2_config, _gpt2_pairs), "gpt_neox": (_neox_config, _neox_pairs)}
 
 
@@ -154,9 +167,7 @@ def from_hf(model_or_path: Any) -> GPT:
         raise UserError(f"unsupported Hugging Face model type {model_type!r} (need gpt2 or gpt_neox)")
     make_config, pairs = _FAMILIES[model_type]
     cfg = make_config(model_or_path.config)
-    hf_state = model_or_path.state_dict()
-    if "lm_head.weight" not in hf_state and model_type == "gpt2":
-        hf_state = {**hf_state, "lm_head.weight": hf_state["transformer.wte.weight"]}
+    hf_state = _canonical_head(model_or_path.state_dict(), model_type)
     state = {ours: _to_ours(hf_state[theirs], layout, cfg) for ours, theirs, layout in pairs(cfg)}
     model = GPT(cfg)
     model.load_state_dict({k: v.detach().float() for k, v in state.items()}, strict=True)
@@ -219,6 +230,8 @@ def to_hf(model: GPT) -> Any:
         hf = transformers.GPTNeoXForCausalLM(hf_cfg)
     pairs = _FAMILIES[hf.config.model_type][1](cfg)
     state = {theirs: _to_theirs(ours[mine], layout, cfg) for mine, theirs, layout in pairs}
+    if "embed_out.weight" in hf.state_dict():
+        state["embed_out.weight"] = state.pop("lm_head.weight")
     missing, unexpected = hf.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing):
         raise RuntimeError(f"HF key mapping incomplete: missing {missing}, unexpected {unexpected}")
