@@ -205,9 +205,10 @@ def variant_name(cfg: ModelConfig) -> str:
     """The CLI/recipe name of a configuration's switches (inverse of `parse_variant`)."""
     acts = cfg.layer_activations()
     if len(set(acts)) == 1:
+        act = "gelu" if acts[0] == "gelu_tanh" else acts[0]  # both GELU forms are the paper's "G"
         for name, sw in VARIANTS.items():
             same_mode = sw.get("slope_mode", cfg.slope_mode) == cfg.slope_mode
-            if sw["norm"] == cfg.norm and sw["activation"] == acts[0] and same_mode:
+            if sw["norm"] == cfg.norm and sw["activation"] == act and same_mode:
                 return name
     prefix = "sm-ln-hybrid:" if cfg.norm == "layernorm" else "sm-hybrid:"
     return prefix + ",".join(acts)
@@ -222,3 +223,283 @@ __all__ = [
     "variant_label",
     "variant_name",
 ]
+
+
+# =============================================================================================
+# Training recipes: TrainConfig and TOML recipe loading
+#
+# A recipe is a TOML file with the sections [data], [model], [train], [optim] and [schedule]
+# (see training/*.toml). Every key has a default below; unknown keys are errors. `--set
+# section.key=value` overrides a key; the value is parsed as a TOML value (true, 3e-4, [1, 2],
+# "text"), and a value that is not valid TOML is taken as a bare string (model.variant=sm-r).
+#
+# data.dir: a relative path written in a recipe file is relative to that file's folder; a
+# relative path given with --set is relative to the current directory. Both are stored absolute.
+
+DATA_KEYS: dict[str, Any] = {"dir": ""}
+TRAIN_KEYS: dict[str, Any] = {
+    "max_steps": 0,  # optimizer steps; 0 -> from max_tokens, else from epochs
+    "max_tokens": 0,  # token budget (trained positions); used when max_steps is 0
+    "epochs": 1.0,  # passes over the train split; used when max_steps and max_tokens are 0
+    "batch_size": 32,  # sequences per micro-batch (per process under DDP)
+    "grad_accum": 1,  # micro-batches per optimizer step
+    "eval_interval": 100,  # steps between evals (0: only at the end)
+    "eval_batches": 8,  # validation batches per eval (0: the whole validation split)
+    "eval_batch_size": 0,  # 0: train.batch_size
+    "ckpt_interval": 100,  # steps between checkpoints (0: only at the end)
+    "log_interval": 10,  # steps between train log lines
+    "entropy_interval": 50,  # steps between headwise-entropy + slope lines (0: off)
+    "entropy_batch_size": 8,  # fixed validation sequences the entropy is computed on
+    "seed": 1337,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    "compile": False,  # torch.compile the training model
+    "threads": 0,  # CPU threads for torch (0: leave torch's default)
+    "max_nonfinite": 5,  # this many non-finite steps in a row stop the run
+    "peak_flops": 0.0,  # accelerator peak FLOP/s for MFU (0: look up the GPU, none on CPU)
+    "tensorboard": False,  # also write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)
+    "progress": True,  # rich progress bar on stderr
+    "debug_nonfinite_steps": [],  # test hook: make the loss of these steps NaN
+}
+OPTIM_KEYS: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 0.1,  # not on biases, norm gains or slopes (model.param_groups)
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-8,
+    "grad_clip": 1.0,  # max global grad norm (0: no clipping)
+    "fused": "auto",  # auto | true | false: fused AdamW kernel
+}
+SCHEDULE_KEYS: dict[str, Any] = {
+    "decay": "linear",  # linear | cosine | constant (after warmup)
+    "warmup_steps": 0,  # used when warmup_frac is 0
+    "warmup_frac": 0.0,  # warmup as a fraction of max_steps
+    "min_lr_frac": 0.0,  # final lr = lr * min_lr_frac
+}
+SECTIONS: dict[str, dict[str, Any]] = {
+    "data": DATA_KEYS,
+    "train": TRAIN_KEYS,
+    "optim": OPTIM_KEYS,
+    "schedule": SCHEDULE_KEYS,
+}
+MODEL_KEYS = ("preset", "variant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECAYS = ("linear", "cosine", "constant")
+# Keys that may differ between a run and its --resume without changing the result.
+RESUME_SAFE_KEYS = ("train.log_interval", "train.ckpt_interval", "train.progress", "train.tensorboard",
+                    "train.max_nonfinite")
+
+
+@dataclass
+class TrainConfig:
+    """A resolved recipe: one flat mapping `section.key -> value` plus typed accessors.
+
+    `model` holds `preset`, `variant` and any ModelConfig field; the other sections hold exactly
+    the keys of `SECTIONS` (defaults filled in).
+    """
+
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The keys of one section, without the prefix."""
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    @property
+    def model_overrides(self) -> dict[str, Any]:
+        """ModelConfig fields set explicitly by the recipe (not preset/variant)."""
+        return {k: v for k, v in self.section("model").items() if k not in MODEL_KEYS}
+
+    def model_config(self, vocab_size: int, seq_len: int | None = None) -> ModelConfig:
+        """Preset + variant + explicit model keys, with the data folder's vocabulary size.
+
+        Unless the recipe sets model.block_size, the context is the data's sequence length
+        (training reads seq_len - 1 positions; entropy logging reads whole sequences).
+        """
+        over = self.model_overrides
+        if seq_len is not None:
+            over.setdefault("block_size", seq_len)
+            if over["block_size"] < seq_len - 1:
+                raise UserError(
+                    f"model.block_size {over['block_size']} is shorter than the data's sequences "
+                    f"({seq_len} tokens need a context of at least {seq_len - 1})"
+                )
+        vocab = over.pop("vocab_size", vocab_size)
+        if vocab < vocab_size:
+            raise UserError(f"model.vocab_size {vocab} is smaller than the data's vocabulary ({vocab_size})")
+        return make_config(self["model.preset"], self["model.variant"], vocab, **over)
+
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in self.values.items():
+            sec, name = key.split(".", 1)
+            out.setdefault(sec, {})[name] = value
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML text (reads back with `load_recipe`)."""
+        lines = ["# resolved recipe written by pi-lnfree train"]
+        for sec, keys in self.to_nested().items():
+            lines.append(f"\n[{sec}]")
+            lines.extend(f"{name} = {_toml_value(value)}" for name, value in keys.items())
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"nan": "nan", "inf": "inf", "-inf": "-inf"}[repr(value)]
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise UserError(f"cannot write {type(value).__name__} value {value!r} to TOML")
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`section.key=value` -> (key, value); the value is read as TOML, else as a bare string."""
+    import tomllib
+
+    if "=" not in item:
+        raise UserError(f"--set expects section.key=value, got {item!r}")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    if "." not in key:
+        raise UserError(f"--set key must be section.key (e.g. train.max_steps), got {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _flatten(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for sec, body in doc.items():
+        if not isinstance(body, dict):
+            raise UserError(f"{where}: top-level key {sec!r} must be a [section]")
+        for name, value in body.items():
+            if isinstance(value, dict):
+                raise UserError(f"{where}: {sec}.{name} must be a value, not a table")
+            flat[f"{sec}.{name}"] = value
+    return flat
+
+
+def _check_key(key: str, value: Any, where: str) -> None:
+    sec, _, name = key.partition(".")
+    if sec == "model":
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        if name not in fields and name not in MODEL_KEYS:
+            raise UserError(f"{where}: unknown recipe key {key!r} (model keys: preset, variant or a ModelConfig field)")
+        return
+    if sec not in SECTIONS:
+        raise UserError(f"{where}: unknown recipe section {sec!r} in {key!r}; sections: model, {', '.join(SECTIONS)}")
+    known = SECTIONS[sec]
+    if name not in known:
+        raise UserError(f"{where}: unknown recipe key {key!r}; {sec} keys: {', '.join(known)}")
+    default = known[name]
+    ok = (
+        isinstance(value, type(default))
+        or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+        or (key == "optim.fused" and isinstance(value, bool))
+    )
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+        ok = False
+    if not ok:
+        raise UserError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+
+
+def _validate(values: dict[str, Any]) -> None:
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UserError(f"invalid recipe: {msg}")
+
+    for key in ("train.batch_size", "train.grad_accum", "train.log_interval", "train.entropy_batch_size"):
+        check(values[key] > 0, f"{key} must be positive, got {values[key]}")
+    for key in ("train.max_steps", "train.max_tokens", "train.eval_interval", "train.ckpt_interval",
+                "train.entropy_interval", "train.eval_batches", "train.eval_batch_size", "train.threads",
+                "schedule.warmup_steps"):
+        check(values[key] >= 0, f"{key} must be >= 0, got {values[key]}")
+    check(values["train.epochs"] > 0, f"train.epochs must be positive, got {values['train.epochs']}")
+    check(values["train.max_nonfinite"] >= 1, "train.max_nonfinite must be at least 1")
+    check(values["train.precision"] in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
+    check(values["schedule.decay"] in DECAYS, f"schedule.decay must be one of {DECAYS}")
+    check(0.0 <= values["schedule.warmup_frac"] < 1.0, "schedule.warmup_frac must be in [0, 1)")
+    check(0.0 <= values["schedule.min_lr_frac"] <= 1.0, "schedule.min_lr_frac must be in [0, 1]")
+    check(values["optim.lr"] > 0, "optim.lr must be positive")
+    check(values["optim.grad_clip"] >= 0, "optim.grad_clip must be >= 0")
+    check(values["optim.fused"] in ("auto", True, False), "optim.fused must be auto, true or false")
+    check(values["train.device"] == "auto" or values["train.device"].split(":")[0] in ("cpu", "cuda"),
+          "train.device must be auto, cpu, cuda or cuda:N")
+    check(bool(values["data.dir"]), "data.dir is not set (a prepared data folder; --set data.dir=PATH)")
+    check(all(isinstance(s, int) for s in values["train.debug_nonfinite_steps"]),
+          "train.debug_nonfinite_steps must be a list of step numbers")
+    check(values["model.preset"] in PRESETS, f"unknown preset {values['model.preset']!r}; known: {', '.join(PRESETS)}")
+
+
+def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), base_dir: str | None = None,
+                   where: str = "recipe") -> TrainConfig:
+    """Recipe document (parsed TOML) + `--set` items -> a validated TrainConfig.
+
+    `base_dir` is the folder a relative data.dir in `doc` is resolved against (the recipe's
+    folder); a relative data.dir from `sets` is resolved against the current directory.
+    """
+    import os
+
+    flat = _flatten(doc, where)
+    for key, value in flat.items():
+        _check_key(key, value, where)
+    if flat.get("data.dir") and base_dir is not None:
+        flat["data.dir"] = os.path.join(base_dir, os.path.expanduser(flat["data.dir"]))
+    for item in sets:
+        key, value = parse_set(item)
+        _check_key(key, value, "--set")
+        flat[key] = os.path.expanduser(value) if key == "data.dir" else value
+    values: dict[str, Any] = {"model.preset": "cpu-small", "model.variant": "sm-ln-g"}
+    for sec, keys in SECTIONS.items():
+        values.update({f"{sec}.{name}": (list(v) if isinstance(v, list) else v) for name, v in keys.items()})
+    values.update(flat)
+    for key in ("train.epochs", "train.peak_flops", "optim.lr", "optim.weight_decay", "optim.beta1",
+                "optim.beta2", "optim.eps", "optim.grad_clip", "schedule.warmup_frac", "schedule.min_lr_frac"):
+        values[key] = float(values[key])
+    if values["data.dir"]:
+        values["data.dir"] = os.path.abspath(values["data.dir"])
+    _validate(values)
+    cfg = TrainConfig(values)
+    cfg.model_config(vocab_size=1)  # check preset, variant and model keys now, before any data is read
+    return cfg
+
+
+def load_toml(path: str, what: str = "recipe") -> dict[str, Any]:
+    """Read a TOML file; missing or malformed files are a UserError."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder, not a TOML file: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_recipe(path: str, sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a recipe TOML file and apply `--set` overrides."""
+    import os
+
+    doc = load_toml(path)
+    return resolve_recipe(doc, sets, base_dir=os.path.dirname(os.path.abspath(path)), where=str(path))
+
+
+__all__ += ["TrainConfig", "load_recipe", "resolve_recipe", "parse_set", "load_toml", "SECTIONS"]

@@ -1,0 +1,464 @@
+"""The training loop behind `pi-lnfree train`.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` sequences per process; a data
+chunk of seq_len tokens gives inputs chunk[:, :-1] and targets chunk[:, 1:]. Under torchrun
+every process draws the same global batch (batch_size x world sequences, one sampler, one seed)
+and trains on its own rows, so the data order does not depend on the number of processes.
+
+After step s (numbered from 1): a train line every log_interval steps, an eval every
+eval_interval steps (best.pt when the eval loss improves), headwise entropy and slopes every
+entropy_interval steps (and at step 0) on a fixed validation batch, a checkpoint every
+ckpt_interval steps; eval, entropy and checkpoint always happen at the last step.
+A non-finite loss or gradient skips the step; max_nonfinite of them in a row stop the run with
+the last good checkpoint kept. `--resume` restores model, optimizer, schedule, sampler and RNG
+state: on CPU a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pi_lnfree.checkpoint import load_checkpoint, save_checkpoint
+from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, variant_name
+from pi_lnfree.errors import UserError
+from pi_lnfree.model import GPT, param_groups
+from pi_lnfree.progress import console
+from pi_lnfree.runlog import MetricsLog
+from pi_lnfree.runtime import (
+    Runtime,
+    all_reduce_sum,
+    barrier,
+    flops_per_token,
+    peak_flops,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from pi_lnfree.schedule import LRSchedule
+
+
+class TrainingStopped(UserError):
+    """The run stopped itself (too many non-finite steps in a row); its last checkpoint is kept."""
+
+
+@dataclass
+class Counters:
+    """Progress that a checkpoint must carry for an exact resume."""
+
+    step: int = 0
+    tokens: int = 0
+    best_eval_loss: float = math.inf
+    nonfinite_total: int = 0
+    nonfinite_in_a_row: int = 0
+    loss_sum: float = 0.0  # finite step losses since the last train line
+    loss_count: int = 0
+
+
+def plan_steps(recipe: TrainConfig, n_train: int, seqs_per_step: int, positions: int) -> int:
+    """Optimizer steps: train.max_steps, else the token budget, else train.epochs passes."""
+    if recipe["train.max_steps"] > 0:
+        return recipe["train.max_steps"]
+    if recipe["train.max_tokens"] > 0:
+        steps = recipe["train.max_tokens"] // (seqs_per_step * positions)
+    else:
+        steps = int(recipe["train.epochs"] * n_train) // seqs_per_step
+    if steps < 1:
+        raise UserError(
+            f"the token budget / epochs give 0 steps at {seqs_per_step} sequences per step "
+            f"({n_train} train sequences): set train.max_steps"
+        )
+    return steps
+
+
+def make_optimizer(model: torch.nn.Module, recipe: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (no decay on biases, norm gains, slopes); fused when possible."""
+    o = recipe.section("optim")
+    kwargs = dict(lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+    groups = param_groups(model, o["weight_decay"])
+    if o["fused"] is False:
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError) as e:
+        if o["fused"] is True:
+            raise UserError(f"optim.fused = true, but fused AdamW is unavailable on {device}: {e}") from None
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, sampler, counters and the run dir they live in."""
+
+    def __init__(self, recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool):
+        from pi_lnfree.data import RandomChunkSampler, load_data_folder
+
+        self.recipe, self.run_dir, self.rt = recipe, Path(run_dir), rt
+        t = recipe.section("train")
+        self.t = t
+        self.folder = load_data_folder(recipe["data.dir"])
+        self.cfg = recipe.model_config(int(self.folder.vocab_size), int(self.folder.seq_len))
+        self.positions = int(self.folder.seq_len) - 1
+        self.seqs_per_step = t["batch_size"] * t["grad_accum"] * rt.world
+        self.tokens_per_step = self.seqs_per_step * self.positions
+        self.total_steps = plan_steps(recipe, len(self.folder.train), self.seqs_per_step, self.positions)
+
+        seed_everything(t["seed"])
+        self.model = GPT(self.cfg).to(rt.device)
+        self.optimizer = make_optimizer(self.model, recipe, rt.device)
+        self.schedule = LRSchedule.from_recipe(recipe, self.total_steps)
+        self.sampler = RandomChunkSampler(self.folder.train, t["batch_size"] * rt.world, t["seed"])
+        self.scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+        self.c = Counters()
+        self.resumed = False
+        ckpt_path = self.run_dir / "ckpt.pt"
+        if ckpt_path.exists() and not resume:
+            raise UserError(f"{self.run_dir} already holds a run (ckpt.pt): pass --resume or choose a new --out")
+        if resume and ckpt_path.exists():
+            self._restore(ckpt_path)
+            self.resumed = True
+        self.train_model = self._wrap(self.model)
+        self.flops_token = flops_per_token(self.model, self.positions)
+        self.peak = peak_flops(rt, t["peak_flops"])
+        self.entropy_idx = self._entropy_batch()
+        self.last: dict[str, Any] = {}
+
+    # -- setup --------------------------------------------------------------------------------
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        wrapped = torch.compile(model) if self.t["compile"] else model
+        if self.rt.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+        return wrapped
+
+    def _entropy_batch(self) -> torch.Tensor:
+        """The fixed validation batch entropy is logged on: the first sequences, whole."""
+        import numpy as np
+
+        n = min(self.t["entropy_batch_size"], len(self.folder.valid))
+        if n == 0:
+            raise UserError("the data folder's validation split is empty")
+        width = min(int(self.folder.seq_len), self.cfg.block_size)
+        chunk = torch.as_tensor(np.asarray(self.folder.valid[:n], dtype=np.int64))[:, :width]
+        return chunk.to(self.rt.device)
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        state = ckpt["train"]
+        saved = state.get("recipe") or {}
+        diff = sorted(k for k in set(saved) | set(self.recipe.values)
+                      if k not in RESUME_SAFE_KEYS and saved.get(k) != self.recipe.values.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.recipe.values.get(k)!r}" for k in diff[:4])
+            raise UserError(f"--resume with a different recipe than {path} was trained with ({shown})")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.c = Counters(**state["counters"])
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "counters": asdict(self.c),
+            "step": self.c.step,
+            "tokens": self.c.tokens,
+            "total_steps": self.total_steps,
+            "schedule": self.schedule.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "recipe": dict(self.recipe.values),
+            "data_dir": self.recipe["data.dir"],
+            "variant": variant_name(self.cfg),
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "variant": variant_name(self.cfg),
+            "variant_label": variant_label(self.cfg),
+            "preset": self.recipe["model.preset"],
+            "data_dir": self.recipe["data.dir"],
+            "tokenizer_sha256": getattr(self.folder, "tokenizer_sha256", None),
+            "seq_len": int(self.folder.seq_len),
+        }
+
+    def save(self, name: str, with_optimizer: bool = True) -> None:
+        """Write RUN_DIR/name atomically (rank 0 only)."""
+        if not self.rt.is_main:
+            return
+        save_checkpoint(
+            self.run_dir / name, self.model.state_dict(), self.cfg, train=self._train_state(),
+            optimizer=self.optimizer.state_dict() if with_optimizer else None, meta=self._meta(),
+        )
+
+    # -- one step -----------------------------------------------------------------------------
+    def step(self) -> tuple[float, float, bool]:
+        """One optimizer step over grad_accum micro-batches -> (loss, grad norm, applied)."""
+        from pi_lnfree.data import to_device
+
+        rt, t = self.rt, self.t
+        lr = self.schedule.lr_at(self.c.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum, lo, hi = t["grad_accum"], rt.rank * t["batch_size"], (rt.rank + 1) * t["batch_size"]
+        poison = (self.c.step + 1) in t["debug_nonfinite_steps"]
+        loss_acc = torch.zeros((), device=rt.device)
+        for micro in range(accum):
+            batch = to_device(self.sampler.next_batch()[lo:hi], rt.device)
+            sync = contextlib.nullcontext()
+            if rt.distributed and micro < accum - 1:
+                sync = self.train_model.no_sync()
+            with sync:
+                with rt.autocast():
+                    _, loss = self.train_model(batch[:, :-1], batch[:, 1:])
+                if poison:
+                    loss = loss * float("nan")
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_acc += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.recipe["optim.grad_clip"] or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        stats = all_reduce_sum(torch.stack([loss_acc / accum, grad_norm.float()]), rt)
+        loss_v, gnorm_v = (stats / torch.tensor([rt.world, 1.0], device=stats.device)).tolist()
+        finite = math.isfinite(loss_v) and (self.scaler is not None or math.isfinite(gnorm_v))
+        if finite:
+            if self.scaler is not None:  # the scaler itself skips steps whose fp16 grads overflowed
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step = self.c.step + 1
+        return loss_v, gnorm_v, finite
+
+    # -- periodic work ------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        from pi_lnfree.diagnostics import evaluate
+
+        bs = self.t["eval_batch_size"] or self.t["batch_size"]
+        available = len(self.folder.valid) // bs  # eval_batches is capped by the validation split
+        n = min(self.t["eval_batches"], available) if self.t["eval_batches"] and available else None
+        self.model.eval()
+        with self.rt.autocast():
+            res = evaluate(self.model, self.folder, batch_size=bs, batches=n)
+        self.model.train()
+        return res
+
+    def entropy_record(self) -> dict[str, Any]:
+        from pi_lnfree.diagnostics import headwise_entropy
+
+        with torch.no_grad(), self.rt.autocast():
+            ent = headwise_entropy(self.model, self.entropy_idx)
+        return {"entropy": ent.tolist(), "slopes": self.model.slope_values()}
+
+    def due(self, interval: int) -> bool:
+        return self.c.step == self.total_steps or (interval > 0 and self.c.step % interval == 0)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else str(x)
+
+
+def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool = False) -> dict[str, Any]:
+    """Train one run into `run_dir`; returns a summary dict (see `summary` keys)."""
+    from rich.progress import TextColumn
+
+    from pi_lnfree.progress import progress
+
+    run_dir = Path(run_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(rt)
+    tr = Trainer(recipe, run_dir, rt, resume)
+    t, c = tr.t, tr.c
+    if rt.is_main:
+        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+        for stale in run_dir.glob(".*.pt.*.tmp"):  # left by a kill during a save
+            stale.unlink()
+    keep = c.step if tr.resumed else -1  # a fresh start drops the history of a run killed before its first save
+    log = MetricsLog(run_dir, keep_until_step=keep, tensorboard=t["tensorboard"]) if rt.is_main else None
+    write = log.write if log is not None else (lambda rec: None)
+    label = f"{variant_label(tr.cfg)} ({variant_name(tr.cfg)})"
+    if rt.is_main:
+        what = f"resuming at step {c.step}" if c.step else "training"
+        console.print(
+            f"{what} {label} {recipe['model.preset']}: {tr.model.num_parameters():,} parameters, "
+            f"{tr.total_steps} steps x {tr.tokens_per_step:,} tokens, {rt.device} {rt.precision} -> {run_dir}",
+            highlight=False,
+        )
+    if c.step == 0 and t["entropy_interval"] > 0 and rt.is_main:
+        write({"step": 0, "tokens": 0, **tr.entropy_record()})
+
+    train_seconds, session_tokens, span_tokens, span_seconds = 0.0, 0, 0, 0.0
+    bar = progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"))
+    show = t["progress"] and rt.is_main
+    started = time.perf_counter()
+    try:
+        with bar if show else contextlib.nullcontext():
+            task = bar.add_task(variant_name(tr.cfg), total=tr.total_steps, completed=c.step, loss="-", tps="-")
+            while c.step < tr.total_steps:
+                t0 = time.perf_counter()
+                loss, gnorm, applied = tr.step()
+                dt = time.perf_counter() - t0
+                c.step += 1
+                c.tokens += tr.tokens_per_step
+                train_seconds += dt
+                session_tokens += tr.tokens_per_step
+                span_tokens += tr.tokens_per_step
+                span_seconds += dt
+                if applied:
+                    c.nonfinite_in_a_row = 0
+                    c.loss_sum += loss
+                    c.loss_count += 1
+                else:
+                    c.nonfinite_total += 1
+                    c.nonfinite_in_a_row += 1
+                    if c.nonfinite_in_a_row >= t["max_nonfinite"]:
+                        write({"step": c.step, "tokens": c.tokens, "loss": loss, "grad_norm": gnorm,
+                               "nonfinite": c.nonfinite_total, "stopped": "nonfinite"})
+                        kept = load_checkpoint(run_dir / "ckpt.pt")["train"]["step"] if (
+                            run_dir / "ckpt.pt").exists() else None
+                        where = f"last good checkpoint kept: {run_dir / 'ckpt.pt'} (step {kept})" if kept is not None \
+                            else "no checkpoint was written yet"
+                        raise TrainingStopped(
+                            f"training stopped at step {c.step}: {c.nonfinite_in_a_row} non-finite losses or "
+                            f"gradients in a row (train.max_nonfinite = {t['max_nonfinite']}); {where}; "
+                            "lower optim.lr or raise schedule warmup"
+                        )
+                if tr.due(t["log_interval"]):
+                    avg = c.loss_sum / c.loss_count if c.loss_count else math.nan
+                    tps = span_tokens / span_seconds if span_seconds > 0 else 0.0
+                    rec = {"step": c.step, "tokens": c.tokens, "loss": avg, "lr": tr.schedule.lr_at(c.step - 1),
+                           "grad_norm": gnorm, "tokens_per_s": tps, "nonfinite": c.nonfinite_total}
+                    if tr.peak:
+                        rec["mfu"] = tps * tr.flops_token / tr.peak
+                    write(rec)
+                    tr.last.update(loss=avg)
+                    c.loss_sum, c.loss_count, span_tokens, span_seconds = 0.0, 0, 0, 0.0
+                    bar.update(task, loss=_fmt(avg), tps=f"{tps:,.0f}")
+                if tr.due(t["eval_interval"]):
+                    res = tr.evaluate() if rt.is_main else None
+                    if res is not None:
+                        write({"step": c.step, "tokens": c.tokens, "eval_loss": res["loss"], "eval_ppl": res["ppl"]})
+                        tr.last.update(eval_loss=res["loss"], eval_ppl=res["ppl"])
+                        if res["loss"] < c.best_eval_loss:
+                            c.best_eval_loss = res["loss"]
+                            tr.save("best.pt", with_optimizer=False)
+                if t["entropy_interval"] > 0 and tr.due(t["entropy_interval"]) and rt.is_main:
+                    write({"step": c.step, "tokens": c.tokens, **tr.entropy_record()})
+                if tr.due(t["ckpt_interval"]):
+                    tr.save("ckpt.pt")
+                barrier(rt)
+                bar.update(task, completed=c.step)
+    finally:
+        if log is not None:
+            log.close()
+    return {
+        "run_dir": str(run_dir),
+        "variant": variant_name(tr.cfg),
+        "label": variant_label(tr.cfg),
+        "steps": c.step,
+        "tokens": c.tokens,
+        "final_loss": tr.last.get("loss"),
+        "eval_loss": tr.last.get("eval_loss"),
+        "eval_ppl": tr.last.get("eval_ppl"),
+        "best_eval_loss": c.best_eval_loss if math.isfinite(c.best_eval_loss) else None,
+        "nonfinite_steps": c.nonfinite_total,
+        "slopes": tr.model.slope_values(),
+        "seconds": time.perf_counter() - started,
+        "tokens_per_s": session_tokens / train_seconds if train_seconds > 0 else None,
+        "parameters": tr.model.num_parameters(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the command: one recipe, or every run of a matrix file
+
+
+def recipe_for_run(recipe_path: str | Path | None, sets: list[str], run_dir: Path, resume: bool) -> TrainConfig:
+    """The recipe of a run: from --recipe and --set, or, on --resume without --recipe, the one
+    stored in the run's checkpoint."""
+    from pi_lnfree.config import load_recipe
+
+    if recipe_path is not None:
+        return load_recipe(str(recipe_path), sets)
+    ckpt = Path(run_dir) / "ckpt.pt"
+    if not resume or not ckpt.exists():
+        raise UserError("--recipe is required (it may be left out only with --resume of a run that has ckpt.pt)")
+    if sets:
+        raise UserError("--set needs --recipe (a resumed run keeps the recipe it was started with)")
+    return TrainConfig(dict(load_checkpoint(ckpt)["train"]["recipe"]))
+
+
+def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, list[str]]]]:
+    """A matrix file -> (its recipe path or None, [(run name, extra --set items)]).
+
+    Format: optional `recipe = "cpu.toml"` (relative to the matrix file), `variants = [...]` (one
+    run per variant, named after it) and optional `[runs.NAME]` tables of recipe keys, e.g.
+    `[runs.hybrid]` with `model = { variant = "sm-hybrid:relu,gelu" }`.
+    """
+    from pi_lnfree.config import _toml_value, load_toml
+
+    path = Path(path)
+    doc = load_toml(str(path), what="matrix file")
+    unknown = sorted(set(doc) - {"recipe", "variants", "runs"})
+    if unknown:
+        raise UserError(f"{path}: unknown matrix keys {', '.join(unknown)} (known: recipe, variants, runs)")
+    recipe = (path.parent / doc["recipe"]) if "recipe" in doc else None
+    runs: list[tuple[str, list[str]]] = []
+    variants = doc.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
+        raise UserError(f"{path}: variants must be a list of variant names")
+    runs += [(v.replace(":", "-").replace(",", "-"), [f"model.variant={_toml_value(v)}"]) for v in variants]
+    for name, body in (doc.get("runs") or {}).items():
+        if not isinstance(body, dict):
+            raise UserError(f"{path}: runs.{name} must be a table of recipe sections")
+        items = []
+        for sec, keys in body.items():
+            if not isinstance(keys, dict):
+                raise UserError(f"{path}: runs.{name}.{sec} must be a table (e.g. model = {{ variant = \"sm-r\" }})")
+            items += [f"{sec}.{k}={_toml_value(v)}" for k, v in keys.items()]
+        runs.append((name, items))
+    if not runs:
+        raise UserError(f"{path}: the matrix lists no variants or runs")
+    names = [n for n, _ in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: run names repeat: {names}")
+    return recipe, runs
+
+
+def train_command(recipe: Path | None, sets: list[str], out: Path, resume: bool = False,
+                  matrix: Path | None = None) -> dict[str, Any]:
+    """`pi-lnfree train`: one run into `out`, or every run of `matrix` into `out/NAME`."""
+    from pi_lnfree.config import load_recipe
+    from pi_lnfree.runtime import setup_runtime, shutdown_runtime
+
+    if matrix is not None:
+        matrix_recipe, runs = load_matrix(matrix)
+        recipe = recipe or matrix_recipe
+        if recipe is None:
+            raise UserError("--matrix: give --recipe or name one in the matrix file (recipe = \"...\")")
+        plans = [(Path(out) / name, load_recipe(str(recipe), [*sets, *extra])) for name, extra in runs]
+    else:
+        plans = [(Path(out), recipe_for_run(recipe, sets, Path(out), resume))]
+    first = plans[0][1]
+    rt = setup_runtime(first["train.device"], first["train.precision"], first["train.threads"])
+    try:
+        results = [run_training(r, d, rt, resume=resume) for d, r in plans]
+    finally:
+        shutdown_runtime(rt)
+    return results[0] if matrix is None else {"runs": results}
