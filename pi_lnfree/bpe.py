@@ -59,8 +59,12 @@ def tokenizer_from_bytes(data: bytes, origin: str):
     return tok
 
 
-def read_tokenizer_file(path: Path) -> bytes:
-    """The bytes of a tokenizer.json given by the user (a folder holding one is accepted)."""
+def read_tokenizer_file(path: Path | str) -> bytes:
+    """The bytes of a tokenizer.json given by the user: a file, a folder holding one, or `hub:REPO`
+    (the repository's tokenizer.json through `huggingface_hub`, e.g.
+    `hub:huggingface-course/code-search-net-tokenizer`, the paper's 52K tokenizer)."""
+    if str(path).startswith("hub:"):
+        return _hub_tokenizer_bytes(str(path)[4:])
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -68,6 +72,16 @@ def read_tokenizer_file(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read tokenizer {path}: {e.strerror or e}") from e
+
+
+def _hub_tokenizer_bytes(repo_id: str) -> bytes:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "tokenizer.json")).read_bytes()
+    except Exception as e:  # offline, unknown repository, no tokenizer.json: all are the user's input
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot fetch tokenizer.json of {repo_id!r} from the hub: {first}") from e
 
 
 def eof_id(tok) -> int | None:

@@ -115,9 +115,10 @@ def _load_hub(spec: str):
         name, config = head, tail
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise UserError(f"hub source {name!r}: no such local dataset folder")
+    if name.startswith("~"):
+        name = str(Path(name).expanduser())
     try:
-        loaded = datasets.load_dataset(str(Path(name).expanduser()) if name.startswith("~") else name,
-                                       config, streaming=True)
+        loaded = datasets.load_dataset(name, config, streaming=True)
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load dataset {spec!r}: {first}") from e

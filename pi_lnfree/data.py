@@ -198,7 +198,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
             pending[split], pending_bytes[split] = [], 0
 
     total = None if limit_bytes is not None else source.n_files
-    with progress(transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("tokenizing", total=total)
         for split, text in iter_documents(source, valid_fraction, stats, limit_bytes):
             pending[split].append(text)
@@ -214,7 +214,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
 def _train_tokenizer(source, vocab_size: int, valid_fraction: float, limit_bytes: int | None):
     stats = ReadStats()
     total = None if limit_bytes is not None else source.n_files
-    with progress(transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("training tokenizer", total=total)
 
         def texts():
@@ -224,8 +224,10 @@ def _train_tokenizer(source, vocab_size: int, valid_fraction: float, limit_bytes
             bar.update(task, description="learning BPE merges")
 
         tok = bpe.train_bpe(texts(), vocab_size)
+        bar.update(task, description="tokenizer trained")
     if stats.documents == 0:
-        raise UserError(f"source {source.spec!r} has no training documents (empty corpus)")
+        raise UserError(f"source {source.spec!r} has no training documents (empty corpus"
+                        + (f"; {_skipped(stats)} skipped)" if stats.skipped else ")"))
     return tok
 
 
@@ -312,6 +314,13 @@ def prepare(
         console.print("[yellow]warning:[/yellow] the validation split is empty; raise --valid-fraction "
                       "or use a larger corpus before evaluating", highlight=False)
     return {**manifest, "reused": False}
+
+
+def _progress_bar():
+    """A transient bar on an interactive stderr; nothing when stderr is a file or pipe (logs, CI)."""
+    bar = progress(transient=True)
+    bar.disable = not console.is_terminal
+    return bar
 
 
 def _skipped(stats: ReadStats) -> str:
