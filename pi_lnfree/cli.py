@@ -173,12 +173,12 @@ def entropy(
         console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
         if plot is not None:
             result["plot"] = str(dg.write_entropy_heatmap(result, plot))
-            console.print(f"wrote {plot}")
+            console.print(f"wrote {plot}", soft_wrap=True)
     if dynamics is not None:
         dyn = dg.run_dynamics(checkpoint)
         result["dynamics"] = dyn
         result["dynamics_plot"] = str(dg.write_dynamics_figure(dyn, dynamics))
-        console.print(f"wrote {dynamics} ({len(dyn['steps'])} entropy records)")
+        console.print(f"wrote {dynamics} ({len(dyn['steps'])} entropy records)", soft_wrap=True)
     emit(result, as_json)
 
 

@@ -124,20 +124,13 @@ def recorded_tokenizer_sha(ckpt: dict[str, Any]) -> str | None:
     return None
 
 
-def check_data_compatible(cfg, folder, n_positions: int, ckpt: dict[str, Any] | None = None) -> None:
-    """UserError unless `folder` can be fed to a model with config `cfg`: same vocabulary size,
-    same tokenizer (when the checkpoint recorded one), `n_positions` within the model's context."""
-    if int(folder.vocab_size) != int(cfg.vocab_size):
+def check_fits(cfg, folder, n_positions: int) -> None:
+    """UserError unless the model with config `cfg` can read `folder`'s tokens: every token id
+    inside its vocabulary, `n_positions` per sequence within its context."""
+    if int(folder.vocab_size) > int(cfg.vocab_size):
         raise UserError(
-            f"data folder vocabulary ({folder.vocab_size} tokens) differs from the checkpoint's "
+            f"data folder vocabulary ({folder.vocab_size} tokens) is larger than the model's "
             f"({cfg.vocab_size}): prepare the data with the tokenizer the model was trained on"
-        )
-    want = recorded_tokenizer_sha(ckpt) if ckpt is not None else None
-    have = getattr(folder, "tokenizer_sha256", None)
-    if want and have and want != have:
-        raise UserError(
-            f"data folder tokenizer (sha256 {have[:12]}...) differs from the one the checkpoint was "
-            f"trained with ({want[:12]}...): prepare the data with the same tokenizer"
         )
     if n_positions > cfg.block_size:
         raise UserError(
@@ -146,31 +139,53 @@ def check_data_compatible(cfg, folder, n_positions: int, ckpt: dict[str, Any] | 
         )
 
 
-def _batches(folder, batch_size: int, batches: int | None) -> tuple[Iterator, int]:
-    """(iterator of int64 (B, T) tensors over the first batches*batch_size sequences, batch count)."""
-    from pi_lnfree.data import iter_valid_batches
+def _padded(model_vocab: int, data_vocab: int) -> bool:
+    """Whether the model's vocabulary is the data's rounded up to a multiple of 64 or 128 (the
+    usual padding, e.g. Pythia's 50277 -> 50304)."""
+    return any(model_vocab == -(-data_vocab // m) * m for m in (64, 128))
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    if batches is not None and batches < 1:
-        raise UserError(f"--batches must be at least 1, got {batches}")
-    n_valid = len(folder.valid)
-    if n_valid == 0:
-        raise UserError("the data folder's validation split is empty")
-    total = math.ceil(n_valid / batch_size)
-    total = total if batches is None else min(total, batches)
-    it = (torch.as_tensor(np.asarray(b, dtype=np.int64)) for b in iter_valid_batches(folder, batch_size, batches))
-    return it, total
+
+def check_same_tokenizer(cfg, folder, ckpt: dict[str, Any]) -> None:
+    """UserError unless `folder` was made with the tokenizer the checkpoint was trained on.
+
+    With a tokenizer sha256 recorded in the checkpoint it must equal the folder's (the model's
+    vocabulary may then be padded); without one, the vocabulary sizes must match, or the model's
+    be the data's padded to a multiple of 64 or 128.
+    """
+    want = recorded_tokenizer_sha(ckpt)
+    have = getattr(folder, "tokenizer_sha256", None)
+    if want and have and want != have:
+        raise UserError(
+            f"data folder tokenizer (sha256 {have[:12]}...) differs from the one the checkpoint was "
+            f"trained with ({want[:12]}...): prepare the data with the same tokenizer"
+        )
+    model_vocab, data_vocab = int(cfg.vocab_size), int(folder.vocab_size)
+    same = want and have and want == have
+    if model_vocab != data_vocab and not same and not _padded(model_vocab, data_vocab):
+        raise UserError(
+            f"data folder vocabulary ({data_vocab} tokens) differs from the checkpoint's "
+            f"({model_vocab}): prepare the data with the tokenizer the model was trained on"
+        )
+
+
+def _batches(folder, batch_size: int, batches: int | None, device) -> tuple[Iterator, int]:
+    """(iterator of (B, T) LongTensors on `device` over the first batches*batch_size validation
+    sequences, number of batches). The iterator raises UserError on an empty split or bad sizes."""
+    from pi_lnfree.data import iter_valid_batches, to_device
+
+    total = batches if batches is not None else -(-len(folder.valid) // max(batch_size, 1))
+    return (to_device(b, device) for b in iter_valid_batches(folder, batch_size, batches)), total
 
 
 def _run_batches(
-    folder, batch_size: int, batches: int | None, description: str, show_progress: bool,
+    model, folder, batch_size: int, batches: int | None, description: str, show_progress: bool,
     step: Callable[[torch.Tensor], None],
 ) -> None:
-    """Call `step` on each validation batch, with a progress bar on stderr when asked."""
+    """Call `step` on each validation batch (on the model's device), with a progress bar on
+    stderr when asked."""
     from pi_lnfree.progress import progress
 
-    it, total = _batches(folder, batch_size, batches)
+    it, total = _batches(folder, batch_size, batches, next(model.parameters()).device)
     if not show_progress:
         for chunk in it:
             step(chunk)
@@ -180,10 +195,6 @@ def _run_batches(
         for chunk in it:
             step(chunk)
             bar.advance(task)
-
-
-def _device_of(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,12 +208,10 @@ def evaluate(model, folder, batch_size: int = 16, batches: int | None = None, sh
 
     Returns `{"loss", "ppl", "tokens", "sequences"}` (ppl = exp(loss)).
     """
-    check_data_compatible(model.config, folder, folder.seq_len - 1)
-    device = _device_of(model)
+    check_fits(model.config, folder, folder.seq_len - 1)
     total = {"loss": 0.0, "tokens": 0, "sequences": 0}
 
     def step(chunk: torch.Tensor) -> None:
-        chunk = chunk.to(device, non_blocking=True)
         logits = model(chunk[:, :-1])
         targets = chunk[:, 1:]
         losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
@@ -210,7 +219,7 @@ def evaluate(model, folder, batch_size: int = 16, batches: int | None = None, sh
         total["tokens"] += targets.numel()
         total["sequences"] += chunk.size(0)
 
-    _run_batches(folder, batch_size, batches, "eval", show_progress, step)
+    _run_batches(model, folder, batch_size, batches, "eval", show_progress, step)
     loss = total["loss"] / total["tokens"]
     return {"loss": loss, "ppl": math.exp(loss), "tokens": total["tokens"], "sequences": total["sequences"]}
 
@@ -226,15 +235,14 @@ def entropy_matrix(
 ) -> tuple[np.ndarray, int]:
     """Headwise entropy (n_layer, n_head) averaged over the first `batches` x `batch_size`
     validation sequences (each sequence weighted equally), and the number of sequences."""
-    check_data_compatible(model.config, folder, folder.seq_len)
-    device = _device_of(model)
+    check_fits(model.config, folder, folder.seq_len)
     acc = {"sum": torch.zeros(model.config.n_layer, model.config.n_head, dtype=torch.float64), "n": 0}
 
     def step(chunk: torch.Tensor) -> None:
-        acc["sum"] += headwise_entropy(model, chunk.to(device, non_blocking=True), eps) * chunk.size(0)
+        acc["sum"] += headwise_entropy(model, chunk, eps) * chunk.size(0)
         acc["n"] += chunk.size(0)
 
-    _run_batches(folder, batch_size, batches, "entropy", show_progress, step)
+    _run_batches(model, folder, batch_size, batches, "entropy", show_progress, step)
     return (acc["sum"] / acc["n"]).numpy(), acc["n"]
 
 
@@ -349,7 +357,8 @@ def load_checkpoint_and_data(ckpt_path, data_dir, n_positions_offset: int, devic
     path = resolve_checkpoint(ckpt_path)
     folder = load_data_folder(data_dir)
     model, ckpt = load_model(path, device or default_device())
-    check_data_compatible(model.config, folder, int(folder.seq_len) - n_positions_offset, ckpt)
+    check_same_tokenizer(model.config, folder, ckpt)
+    check_fits(model.config, folder, int(folder.seq_len) - n_positions_offset)
     identity = {"checkpoint": str(path), "variant": variant_name(model.config), "label": variant_label(model.config)}
     return model, ckpt, folder, identity
 
