@@ -48,11 +48,12 @@ def get_crypten():
     return crypten
 
 
-def configure(profile: Any) -> None:
+def configure(profile: Any, device: str = "cpu") -> None:
     """Set `crypten.cfg` from a protocol profile (`pi_lnfree.secure.profile.ProtocolProfile`).
 
     Must run in every party process before `init_party` (the provider decides whether a dealer
-    joins the process group). Communication counting is always on: the meter needs it.
+    joins the process group). Communication counting is always on: the meter needs it. The
+    fast int64 matmul is for CPU shares only (CrypTen has its own on CUDA).
     """
     crypten = get_crypten()
     cfg = crypten.cfg
@@ -61,17 +62,50 @@ def configure(profile: Any) -> None:
     cfg.encoder.precision_bits = int(profile.precision_bits)
     for key, value in profile.crypten_functions().items():
         setattr(cfg.functions, key, value)
-    install_fast_matmul(bool(profile.fast_matmul))
+    install_fast_matmul(bool(profile.fast_matmul) and str(device).startswith("cpu"))
 
 
 # >>> fast-matmul patch point (owned by the fast-matmul helper, issue 7) >>>
-def install_fast_matmul(enabled: bool) -> None:
-    """Install (or remove) the exact float64-limb int64 matmul for shares on CPU.
+# CrypTen performs every int64 ring product of a matmul as `getattr(torch, op)(x, y)` (or
+# `torch.matmul`) through the global name `torch` of these modules: the three correction terms
+# of the Beaver protocol (beaver), products with public operands (arithmetic), the 3-party
+# protocol (replicated), and triple generation (TFP provider; TTP client and dealer).
+_FAST_MATMUL_MODULES = (
+    "crypten.mpc.primitives.beaver",
+    "crypten.mpc.primitives.arithmetic",
+    "crypten.mpc.primitives.replicated",
+    "crypten.mpc.provider.tfp_provider",
+    "crypten.mpc.provider.ttp_provider",
+)
 
-    Placeholder until `pi_lnfree/secure/fast_matmul.py` lands: CrypTen's own int64 matmul is used
-    either way, which is exact and only slower.
+
+def install_fast_matmul(enabled: bool, *, force: bool = False) -> bool:
+    """Route CrypTen's int64 share products through the exact float64-limb matmul, or back.
+
+    The patch rebinds the global name `torch` in the modules listed in `_FAST_MATMUL_MODULES`
+    to `fast_matmul.torch_with_fast_matmul()`: a stand-in whose `matmul` takes the limb path
+    for large CPU int64 products and defers everything else (any other op, float or CUDA
+    tensors, CrypTen's CUDALongTensor) to the real torch. Results are bit-identical, so bytes,
+    rounds and revealed values do not change; only local compute time does.
+
+    With `enabled` the limb path is installed only where it pays off: `fast_matmul.limbs_pay_off()`
+    times both on this machine once per process (some CPU builds of torch already multiply int64
+    matrices at float64 BLAS speed). `force=True` installs it regardless (benchmarks, tests).
+    `enabled=False` restores stock CrypTen. Returns whether the limb path is now installed.
+    Call it before forking parties, or in every party process (and in the TTP dealer's).
     """
-    return None
+    import importlib
+
+    import torch
+
+    from pi_lnfree.secure import fast_matmul
+
+    get_crypten()
+    use_limbs = bool(enabled) and (force or fast_matmul.limbs_pay_off())
+    replacement = fast_matmul.torch_with_fast_matmul() if use_limbs else torch
+    for name in _FAST_MATMUL_MODULES:
+        importlib.import_module(name).torch = replacement
+    return use_limbs
 
 
 # <<< fast-matmul patch point <<<
@@ -181,3 +215,55 @@ __all__ = [
     "run_dealer",
     "shutdown",
 ]
+
+
+_TREE_MAX_METHODS = ("log_reduction", "double_log_reduction", "accelerated_cascade")
+
+
+def row_max(x, method: str):
+    """Max over the last dim (keepdim) of a CrypTensor.
+
+    For the tree methods this calls CrypTen's reduction directly: `CrypTensor.max(dim)` would
+    also compute the one-hot argmax (an equality test and a random tie-break) that a softmax
+    does not need. "pairwise" goes through `max` with that method.
+    """
+    crypten = get_crypten()
+    dim = x.dim() - 1
+    if method in _TREE_MAX_METHODS:
+        from crypten.common.functions import maximum
+
+        return maximum._max_helper_all_tree_reductions(x, dim=dim, method=method).unsqueeze(dim)
+    with crypten.cfg.temp_override({"functions.max_method": method}):
+        return x.max(dim=dim, keepdim=True)[0]
+
+
+def reciprocal_positive(x):
+    """1/x for a CrypTensor known to be positive (skips CrypTen's sign computation)."""
+    crypten = get_crypten()
+    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
+        return x.reciprocal()
+
+
+def exchange_json(obj: Any, src: int) -> Any:
+    """Send a JSON-serialisable object from party `src` to the other party (returns it on both).
+
+    Used for public metadata only (model config, sequence length, meter readings). JSON, not
+    pickle: a party never unpickles what its peer sent. Not counted in the protocol's traffic.
+    """
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    comm = get_crypten().communicator.get()
+    group = comm.main_group
+    if comm.get_rank() == src:
+        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+        size = torch.tensor([data.numel()], dtype=torch.long)
+    else:
+        size = torch.zeros(1, dtype=torch.long)
+    dist.broadcast(size, src, group=group)
+    if comm.get_rank() != src:
+        data = torch.empty(int(size.item()), dtype=torch.uint8)
+    dist.broadcast(data, src, group=group)
+    return json.loads(data.numpy().tobytes().decode())

@@ -1,0 +1,340 @@
+"""One `secure-eval` run end to end: what each party does, the parties' launch, the fidelity check
+against the plaintext model, and the result (the JSON interface of `pi-lnfree secure-eval`).
+
+Party programs (`party_program`, run inside each party's process):
+
+* server (rank 1): opens the checkpoint, sends the public model config to the client, secret-shares
+  every weight once (src=1), then runs the secure forward for each sequence with placeholder
+  inputs of the public shape; at the end it sends its meter readings (plain numbers) to the client.
+* client (rank 0): receives the config, decides its tokens, sends the public (samples, seq_len),
+  shares the one-hot rows of each sequence (src=0), runs the forward and alone receives the
+  logits; it combines both parties' meter readings.
+* dealer (rank 2, TTP only): serves triples to party 0 until told to stop.
+
+Metadata goes between the parties as JSON (`crypten_compat.exchange_json`), never pickled, and
+outside the metered traffic. The plaintext reference logits are computed by the caller, where
+the checkpoint is readable (locally: the parent process, which is not a party).
+
+Expected logit error from fixed point alone (16 fractional bits): every encoded value is off by at
+most 2^-17 ~ 7.6e-6 and every multiplication's truncation by about 2^-16 ~ 1.5e-5, so a linear
+layer with fan-in k and operands of magnitude <= m adds at most ~ k * 2m * 2^-17 (1e-3 for
+k = 768, m = 0.5); over a few layers that stays around 1e-3..1e-2. Larger errors come from the
+nonlinear approximations (exp, reciprocal, inv_sqrt, tanh/erf), which the result reports measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pi_lnfree.config import ModelConfig, variant_label, variant_name
+from pi_lnfree.errors import UserError
+from pi_lnfree.secure import crypten_compat
+from pi_lnfree.secure.layers import SecureOps
+from pi_lnfree.secure.meter import (
+    Meter,
+    average,
+    combine_parties,
+    network_estimate,
+    per_token,
+    public_ops,
+    total_of,
+)
+from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, check_supported, share_tokens, share_weights
+from pi_lnfree.secure.parties import PartyFailure, PartyJob, free_port, launch_local, run_party
+from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
+
+DEALER = 2
+DEFAULT_SEQ_LEN = 32
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens
+
+
+def make_tokens(spec: dict[str, Any], cfg: ModelConfig) -> tuple[torch.Tensor, str]:
+    """The client's (N, T) token ids: the first N validation sequences of a data folder (truncated
+    to T), or N seeded random sequences. Returns (tokens, description)."""
+    samples = int(spec.get("samples", 1))
+    seq_len = spec.get("seq_len")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    data = spec.get("data")
+    if data:
+        from pi_lnfree.data import load_data_folder
+
+        folder = load_data_folder(data)
+        T = int(seq_len) if seq_len else min(cfg.block_size, folder.seq_len)
+        if T > folder.seq_len:
+            raise UserError(f"--seq-len {T} exceeds the data folder's sequence length {folder.seq_len}")
+        if folder.vocab_size > cfg.vocab_size:
+            raise UserError(f"data folder vocabulary ({folder.vocab_size}) is larger than the model's ({cfg.vocab_size})")
+        if samples > len(folder.valid):
+            raise UserError(f"--samples {samples} exceeds the {len(folder.valid)} validation sequences in {data}")
+        tokens = torch.from_numpy(folder.valid[:samples, :T].astype("int64"))
+        return tokens, f"validation sequences of {data}"
+    T = int(seq_len) if seq_len else min(cfg.block_size, DEFAULT_SEQ_LEN)
+    if T < 1:
+        raise UserError(f"--seq-len must be at least 1, got {T}")
+    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+    tokens = torch.randint(0, cfg.vocab_size, (samples, T), generator=gen)
+    return tokens, f"random tokens (seed {int(spec.get('seed', 0))})"
+
+
+# ---------------------------------------------------------------------------------------------
+# inside the party processes
+
+
+def _stats() -> dict[str, float]:
+    s = crypten_compat.comm_stats()
+    d = crypten_compat.dealer_stats()
+    return {"bytes": s["bytes"], "rounds": s["rounds"], "dealer_bytes": d["bytes"], "dealer_requests": d["rounds"]}
+
+
+def party_program(job: PartyJob) -> dict[str, Any]:
+    """What party `job.rank` does once the process group is up (see the module docstring)."""
+    crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
+    if job.rank == DEALER:
+        crypten_compat.run_dealer()
+        return {"role": "dealer"}
+    if job.rank == SERVER:
+        return _server_program(job)
+    return _client_program(job)
+
+
+def _forward_passes(cfg, weights, profile, n, seq_len, tokens, device, capture=False):
+    """Run `n` metered secure forwards; (meter states, client logits or None, server view)."""
+    states, logits, view = [], [], None
+    for i in range(n):
+        meter = Meter(_stats)
+        model = SecureGPT(cfg, weights, SecureOps(meter, profile))
+        onehot = share_tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size, device)
+        if capture and i == 0:
+            view = {"onehot_share": onehot.share.detach().cpu().clone()}
+        with meter.span():
+            out = model.forward(onehot)
+        states.append(meter.state())
+        if out is not None:
+            logits.append(out[0].float().cpu())
+    return states, (torch.stack(logits) if logits else None), view
+
+
+def _server_program(job: PartyJob) -> dict[str, Any]:
+    from pi_lnfree.checkpoint import load_model
+
+    model, _ = load_model(job.checkpoint, "cpu")
+    cfg = model.config
+    check_supported(cfg, job.profile)
+    crypten_compat.exchange_json(cfg.to_dict(), src=SERVER)
+    meta = crypten_compat.exchange_json(None, src=CLIENT)
+    if "error" in meta:
+        raise PartyFailure(f"the client stopped: {meta['error']}")
+    weights = share_weights(cfg, model.state_dict(), job.device)
+    del model
+    states, _, view = _forward_passes(
+        cfg, weights, job.profile, meta["samples"], meta["seq_len"], None, job.device, job.capture_server_view
+    )
+    crypten_compat.exchange_json(states, src=SERVER)
+    return {"role": "server", "view": view}
+
+
+def _client_program(job: PartyJob) -> dict[str, Any]:
+    cfg = ModelConfig.from_dict(crypten_compat.exchange_json(None, src=SERVER))
+    try:
+        if job.tokens is not None:
+            tokens, source = job.tokens, job.token_spec.get("source", "given tokens")
+        else:
+            tokens, source = make_tokens(job.token_spec, cfg)
+        check_supported(cfg, job.profile, tokens.size(1))
+    except UserError as e:
+        crypten_compat.exchange_json({"error": str(e)}, src=CLIENT)
+        raise
+    n, T = tokens.shape
+    crypten_compat.exchange_json({"samples": int(n), "seq_len": int(T)}, src=CLIENT)
+    t0 = time.perf_counter()
+    weights = share_weights(cfg, None, job.device)
+    setup_s = time.perf_counter() - t0
+    states, logits, _ = _forward_passes(cfg, weights, job.profile, n, T, tokens, job.device)
+    server_states = crypten_compat.exchange_json(None, src=SERVER)
+    passes = [combine_parties(c, s) for c, s in zip(states, server_states, strict=True)]
+    return {
+        "role": "client",
+        "config": cfg.to_dict(),
+        "tokens": tokens,
+        "tokens_source": source,
+        "logits": logits,
+        "passes": passes,
+        "client_states": states,
+        "server_states": server_states,
+        "weight_sharing_seconds": setup_s,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the caller's side
+
+
+def fidelity(plain_logits: torch.Tensor, secure_logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    """Secure vs plaintext logits on the same tokens: errors, top-1 agreement, perplexities
+    (next-token cross-entropy inside each sequence, T-1 predictions per sequence)."""
+    plain, secure = plain_logits.double(), secure_logits.double()
+    err = (secure - plain).abs()
+    out: dict[str, Any] = {
+        "max_abs_logit_error": float(err.max()),
+        "mean_abs_logit_error": float(err.mean()),
+        "top1_agreement": float((secure.argmax(-1) == plain.argmax(-1)).double().mean()),
+        "max_abs_logit": float(plain.abs().max()),
+        "fixed_point_resolution": None,
+        "plain_ppl": None,
+        "secure_ppl": None,
+    }
+    if tokens.size(1) > 1:
+        targets = tokens[:, 1:].reshape(-1)
+        for key, logits in (("plain_ppl", plain), ("secure_ppl", secure)):
+            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets)
+            out[key] = float(math.exp(ce))
+    return out
+
+
+def _plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens.long()).float()
+
+
+def assemble_result(
+    checkpoint: str, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
+    plain_model, networks: dict, mode: str, wall_s: float,
+) -> dict[str, Any]:
+    """The `secure-eval` result dict (see `pi_lnfree.secure.meter` for the cost fields)."""
+    avg = average(client["passes"])
+    tot = total_of(avg["ops"])
+    tokens: torch.Tensor = client["tokens"]
+    T = int(tokens.size(1))
+    fid = None
+    if plain_model is not None:
+        fid = fidelity(_plain_logits(plain_model, tokens), client["logits"], tokens)
+        fid["fixed_point_resolution"] = 2.0 ** -profile.precision_bits
+    span = avg["span"]
+    return {
+        "checkpoint": str(checkpoint),
+        "variant": variant_label(cfg),
+        "variant_name": variant_name(cfg),
+        "protocol": profile.to_dict(),
+        "benchmark_only": profile.benchmark_only,
+        "security": profile.security,
+        "seq_len": T,
+        "samples": int(tokens.size(0)),
+        "tokens": client["tokens_source"],
+        "total": {
+            "bytes": tot["bytes"], "rounds": tot["rounds"], "seconds": tot["seconds"],
+            "dealer_bytes": tot["dealer_bytes"], "dealer_requests": tot["dealer_requests"],
+        },
+        "per_token": per_token(tot, T),
+        "ops": public_ops(avg["ops"]),
+        "network": network_estimate(avg["ops"], networks),
+        "fidelity": fid,
+        "attribution": {
+            "raw_bytes": span["bytes"], "raw_rounds": span["rounds"],
+            "unattributed_bytes": span["bytes"] - tot["bytes"],
+            "unattributed_rounds": span["rounds"] - tot["rounds"],
+        },
+        "parties": {"mode": mode, "world_size": 2, "dealer": profile.provider == "TTP"},
+        "weight_sharing_seconds": client["weight_sharing_seconds"],
+        "wall_seconds": wall_s,
+    }
+
+
+def secure_eval(
+    checkpoint: str | os.PathLike,
+    protocol: str | os.PathLike,
+    seq_len: int | None = None,
+    samples: int = 1,
+    data: str | os.PathLike | None = None,
+    timeout_s: float = 300.0,
+    rank: int | None = None,
+    world_size: int = 2,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    device: str = "cpu",
+    networks_file: str | os.PathLike | None = None,
+    seed: int = 0,
+    capture_server_view: bool = False,
+    on_start=None,
+) -> dict[str, Any]:
+    """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict.
+
+    `rank=None`: all parties as local processes. `rank=0|1|2`: this process is that one party of a
+    multi-machine run (2 is the TTP dealer); only rank 0 returns the full result.
+    With `capture_server_view`, the result also holds `server_view` (the server's shares)."""
+    profile = load_profile(protocol)
+    networks = load_networks(networks_file)
+    if world_size != 2:
+        raise UserError(f"--world-size must be 2 (client and server), got {world_size}")
+    if timeout_s <= 0:
+        raise UserError(f"--timeout must be positive, got {timeout_s}")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    spec = {"samples": samples, "seq_len": seq_len, "data": str(data) if data else None, "seed": seed}
+    t0 = time.perf_counter()
+    if rank is None:
+        return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start, t0)
+    return _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks, t0)
+
+
+def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, on_start, t0):
+    from pi_lnfree.checkpoint import load_model
+
+    plain_model, _ = load_model(checkpoint, "cpu")
+    cfg = plain_model.config
+    tokens, source = make_tokens(spec, cfg)
+    check_supported(cfg, profile, tokens.size(1))
+    common = dict(profile=profile, timeout_s=timeout_s, master_port=free_port(), device=device,
+                  threads=max(1, (os.cpu_count() or 2) // 2))
+    jobs = [
+        PartyJob(rank=CLIENT, tokens=tokens, token_spec={"source": source}, **common),
+        PartyJob(rank=SERVER, checkpoint=str(checkpoint), capture_server_view=capture, **common),
+    ]
+    if profile.provider == "TTP":
+        jobs.append(PartyJob(rank=DEALER, **{**common, "threads": 1}))
+    results = launch_local(jobs, timeout_s, on_start=on_start)
+    result = assemble_result(str(checkpoint), cfg, profile, results[CLIENT], plain_model, networks,
+                             "local processes (gloo on 127.0.0.1)", time.perf_counter() - t0)
+    if capture:
+        result["server_view"] = results[SERVER]["view"]
+        result["client_tokens"] = tokens
+    return result
+
+
+def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks, t0):
+    ranks = (CLIENT, SERVER, DEALER) if profile.provider == "TTP" else (CLIENT, SERVER)
+    if rank not in ranks:
+        raise UserError(f"--rank must be one of {ranks} with provider {profile.provider}, got {rank}")
+    if master_port is None:
+        raise UserError("--master-port is required with --rank")
+    job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,
+                   master_port=int(master_port), device=device, threads=os.cpu_count() or 1,
+                   checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec)
+    value = run_party(job)
+    if rank != CLIENT:
+        return {"rank": rank, "role": value["role"], "status": "done", "protocol": profile.to_dict(),
+                "wall_seconds": time.perf_counter() - t0}
+    cfg = ModelConfig.from_dict(value["config"])
+    plain_model = None
+    if str(checkpoint) != "-" and Path(checkpoint).is_file():
+        from pi_lnfree.checkpoint import load_model
+
+        plain_model, _ = load_model(checkpoint, "cpu")
+    return assemble_result(str(checkpoint), cfg, profile, value, plain_model, networks,
+                           f"distributed (rank 0 of 2, rendezvous {master_addr}:{master_port})",
+                           time.perf_counter() - t0)
+
+
+__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "secure_eval"]

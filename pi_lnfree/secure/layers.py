@@ -1,0 +1,224 @@
+"""Secure building blocks on CrypTensors, and the metered primitives the secure forward calls.
+
+The functions in the first half are pure maths on encrypted tensors (no metering); each mirrors
+a piece of `pi_lnfree.model`:
+
+* `layernorm`: mean, centred square, mean (variance), `inv_sqrt(var + eps)`, affine. CrypTen's
+  `inv_sqrt` (exp initial guess + Newton) is accurate for a variance in about [0.1, 100] with
+  3 iterations; `wide=True` spends one comparison to rescale variances above 64 by 1/256.
+* `activation`: ReLU as `x * (x >= 0)`; fixed leaky ReLU `relu(x) + s (x - relu(x))` with the
+  public slope s (no extra communication); learnable leaky ReLU the same with the server's secret
+  slope (one extra multiplication); GELU in the erf form through one of three profile methods
+  (`tanh` formula, Taylor `erf` with a relu switch for large |x|, `sigmoid` x*sigmoid(1.702x)),
+  GELU in the tanh form always through the tanh formula.
+* `causal_softmax`: all heads of a layer in one call; the causal mask is public: future scores get
+  a public offset of -64 before the row max, and their exponentials are multiplied by the public
+  0/1 mask, so they contribute exactly zero.
+* `rotary`: GPT-NeoX partial rotary positions; cos/sin are public, so it is a public linear map on
+  shares (local, no communication).
+
+`SecureOps` is the small set of metered primitives, one method per operator category of
+`pi_lnfree.secure.meter.CATEGORIES`; the secure model calls nothing else, so a cost model can
+mirror it call for call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pi_lnfree.secure import crypten_compat
+from pi_lnfree.secure.meter import Meter
+from pi_lnfree.secure.profile import ProtocolProfile
+
+MASK_OFFSET = 64.0  # public offset that keeps future (masked) scores out of the row max
+WIDE_THRESHOLD = 64.0  # layernorm_wide_range: variances above this are scaled by 1/256
+
+
+# ---------------------------------------------------------------------------------------------
+# pure secure maths
+
+
+def layernorm(x, gamma, beta, eps: float, wide: bool = False):
+    """LayerNorm over the last dim; `gamma`/`beta` may be CrypTensors or None (no affine)."""
+    mu = x.mean(-1, keepdim=True)
+    xc = x - mu
+    var = xc.square().mean(-1, keepdim=True) + eps
+    inv = inv_sqrt_wide(var) if wide else var.inv_sqrt()
+    y = xc * inv
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
+def inv_sqrt_wide(v):
+    """1/sqrt(v) with one comparison extending CrypTen's domain upwards by a factor 256."""
+    big = v > WIDE_THRESHOLD  # secret 0/1 (integer encoding: multiply secrets by it, not floats)
+    scaled = v + (v * big).mul(1.0 / 256 - 1.0)
+    y = scaled.inv_sqrt()
+    return y + (y * big).mul(1.0 / 16 - 1.0)
+
+
+def relu(x):
+    """max(x, 0) = x * (x >= 0): one comparison, one multiplication by a secret bit."""
+    return x.relu()
+
+
+def leaky_relu(x, slope):
+    """x for x >= 0, slope * x otherwise, written relu(x) + slope * (x - relu(x)).
+
+    `slope` is a public float (fixed leaky ReLU, local scaling) or a CrypTensor of shape (1,)
+    holding the server's learned slope (one secret multiplication).
+    """
+    r = x.relu()
+    return r + (x - r) * slope
+
+
+def gelu_tanh_formula(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    inner = (x + x.square().mul(x).mul(0.044715)).mul(math.sqrt(2.0 / math.pi))
+    return x.mul(inner.tanh().add(1.0)).mul(0.5)
+
+
+def gelu_erf(x, clip: float):
+    """0.5 x (1 + erf(x / sqrt 2)) for |x| < clip (CrypTen's Taylor erf), relu(x) beyond."""
+    inside = x.square() < clip * clip
+    r = x.relu()
+    smooth = x.mul(x.mul(1.0 / math.sqrt(2.0)).erf().add(1.0)).mul(0.5)
+    return r + (smooth - r) * inside
+
+
+def gelu_sigmoid(x):
+    """x * sigmoid(1.702 x)."""
+    return x * x.mul(1.702).sigmoid()
+
+
+def activation(x, name: str, slope: Any, gelu_method: str, gelu_erf_clip: float):
+    """One FFN activation by name (see `pi_lnfree.model.activate`)."""
+    if name == "relu":
+        return relu(x)
+    if name in ("leaky_relu", "learnable_leaky"):
+        return leaky_relu(x, slope)
+    if name == "gelu_tanh":
+        return gelu_tanh_formula(x)
+    if name == "gelu":
+        if gelu_method == "tanh":
+            return gelu_tanh_formula(x)
+        if gelu_method == "erf":
+            return gelu_erf(x, gelu_erf_clip)
+        if gelu_method == "sigmoid":
+            return gelu_sigmoid(x)
+        raise ValueError(f"unknown GELU method {gelu_method!r}")
+    raise ValueError(f"activation {name!r} is not supported under MPC")
+
+
+def causal_mask(T: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Public (T, T) lower-triangular 0/1 float mask."""
+    return torch.ones(T, T, device=device).tril()
+
+
+def causal_softmax(scores, max_method: str):
+    """Softmax over the last dim of (B, H, T, T) scores with the public causal mask, all heads
+    at once: offset future scores by -64, subtract the row max, exp, zero the future entries
+    with the public mask, multiply by the reciprocal of the row sum (positive, >= 1)."""
+    T = scores.size(-1)
+    mask = causal_mask(T, scores.device)
+    z = scores + (mask - 1.0) * MASK_OFFSET
+    row_max = crypten_compat.row_max(z, max_method)
+    e = (z - row_max).exp() * mask
+    denom = e.sum(-1, keepdim=True)
+    return e * crypten_compat.reciprocal_positive(denom)
+
+
+def rotary(x, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate the first `cos.size(-1)` dims of (B, H, T, hd) queries or keys; cos/sin (T, dim)
+    are public, so this is a public linear map on the shares (no communication)."""
+    T, dim = x.size(-2), cos.size(-1)
+    cos, sin = cos[:T].to(x.device), sin[:T].to(x.device)
+    cat = crypten_compat.get_crypten().cat
+    rot, half = x[..., :dim], dim // 2
+    rotated_half = cat([-rot[..., half:], rot[..., :half]], dim=-1)
+    rotated = rot * cos + rotated_half * sin
+    if dim == x.size(-1):
+        return rotated
+    return cat([rotated, x[..., dim:]], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# metered primitives: one method per operator category
+
+
+class SecureOps:
+    """The secure forward's only operators; each runs under `meter.op(category)`."""
+
+    def __init__(self, meter: Meter, profile: ProtocolProfile):
+        self.meter = meter
+        self.profile = profile
+
+    def embedding(self, onehot, table, positions=None):
+        """`embedding`: one-hot (B, T, V) of the client's tokens @ server table (V, d) [+ rows]."""
+        with self.meter.op("embedding"):
+            x = onehot.matmul(table)
+            return x if positions is None else x + positions
+
+    def linear(self, x, weight_t, bias=None):
+        """`linear`: x @ W^T + b with the server's pre-transposed weight (in, out)."""
+        with self.meter.op("linear"):
+            y = x.matmul(weight_t)
+            return y if bias is None else y + bias
+
+    def attention_scores(self, q, k):
+        """`attention`: Q K^T / sqrt(hd), all heads batched (B, H, T, T)."""
+        with self.meter.op("attention"):
+            q = q.mul(1.0 / math.sqrt(q.size(-1)))
+            return q.matmul(k.transpose(-2, -1))
+
+    def attention_mix(self, probs, v):
+        """`attention`: probabilities (B, H, T, T) @ values (B, H, T, hd)."""
+        with self.meter.op("attention"):
+            return probs.matmul(v)
+
+    def softmax(self, scores):
+        """`softmax`: causal softmax of all heads of one layer in one call."""
+        with self.meter.op("softmax"):
+            return causal_softmax(scores, self.profile.max_method)
+
+    def layernorm(self, x, gamma, beta, eps: float):
+        """`layernorm`: LayerNorm over the last dim."""
+        with self.meter.op("layernorm"):
+            return layernorm(x, gamma, beta, eps, wide=self.profile.layernorm_wide_range)
+
+    def activation(self, x, name: str, slope=None):
+        """`activation`: the FFN nonlinearity of one layer."""
+        with self.meter.op("activation"):
+            return activation(x, name, slope, self.profile.gelu, self.profile.gelu_erf_clip)
+
+    def lm_head(self, x, weight_t, reveal_to: int = 0):
+        """`lm_head`: logits = x @ W^T, opened to the client only (the opening is counted here)."""
+        with self.meter.op("lm_head"):
+            return x.matmul(weight_t).get_plain_text(dst=reveal_to)
+
+    def other(self, fn, *args):
+        """`other`: residual additions, rotary positions, head split/merge (local maths)."""
+        with self.meter.op("other"):
+            return fn(*args)
+
+
+__all__ = [
+    "SecureOps",
+    "activation",
+    "causal_mask",
+    "causal_softmax",
+    "gelu_erf",
+    "gelu_sigmoid",
+    "gelu_tanh_formula",
+    "inv_sqrt_wide",
+    "layernorm",
+    "leaky_relu",
+    "relu",
+    "rotary",
+]

@@ -1,0 +1,215 @@
+"""Protocol profiles (`protocols/*.toml`) and network profiles (`protocols/networks.toml`).
+
+A protocol profile says how to run securely: engine, triple provider, fixed-point precision and
+the approximation knobs of every nonlinearity. A network profile says how fast the link between
+the parties is; the meter turns measured costs into LAN/WAN latency with it.
+
+Profile file layout (every key optional except `protocol.name`; unknown keys are an error)::
+
+    [protocol]
+    name = "crypten-2pc-ttp"
+    description = "..."
+    engine = "crypten"          # the only engine today
+    provider = "TTP"            # TTP (dealer process) or TFP (benchmark only)
+    precision_bits = 16         # fixed-point fractional bits on int64 shares
+    fast_matmul = true          # exact float64-limb int64 matmul on CPU (issue 7)
+
+    [approximations]
+    gelu = "tanh"               # erf-GELU computed via: "erf" | "tanh" | "sigmoid"
+    gelu_erf_clip = 2.5         # "erf": |x| beyond this uses relu(x) (Taylor erf diverges)
+    layernorm_wide_range = false  # one extra comparison widens inv_sqrt's domain 256x
+    max_method = "log_reduction"  # CrypTen softmax max: log_reduction | pairwise | ...
+    exp_iterations = 8
+    reciprocal_nr_iters = 10
+    sqrt_nr_iters = 3
+    erf_iterations = 8
+    sigmoid_tanh_method = "reciprocal"  # or "chebyshev"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from pi_lnfree.errors import UserError
+
+PROVIDERS = ("TTP", "TFP")
+GELU_METHODS = ("erf", "tanh", "sigmoid")
+MAX_METHODS = ("log_reduction", "double_log_reduction", "accelerated_cascade", "pairwise")
+SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
+# approximations keys passed verbatim to crypten.cfg.functions
+_CRYPTEN_FUNCTION_KEYS = (
+    "max_method",
+    "exp_iterations",
+    "reciprocal_nr_iters",
+    "sqrt_nr_iters",
+    "erf_iterations",
+    "sigmoid_tanh_method",
+)
+
+
+@dataclass(frozen=True)
+class ProtocolProfile:
+    """One secure-inference setting. See the module docstring for the file layout."""
+
+    name: str
+    description: str = ""
+    engine: str = "crypten"
+    provider: str = "TTP"
+    precision_bits: int = 16
+    fast_matmul: bool = True
+    gelu: str = "tanh"
+    gelu_erf_clip: float = 2.5
+    layernorm_wide_range: bool = False
+    max_method: str = "log_reduction"
+    exp_iterations: int = 8
+    reciprocal_nr_iters: int = 10
+    sqrt_nr_iters: int = 3
+    erf_iterations: int = 8
+    sigmoid_tanh_method: str = "reciprocal"
+    path: str | None = None
+
+    @property
+    def benchmark_only(self) -> bool:
+        """TFP: party 0 generates every triple, so it could learn every secret."""
+        return self.provider == "TFP"
+
+    @property
+    def security(self) -> str:
+        """One line on what the provider guarantees."""
+        if self.benchmark_only:
+            return "benchmark only: TFP lets party 0 (the client) generate all triples and learn every secret"
+        return "semi-honest two-party secret sharing with a non-colluding trusted dealer (TTP)"
+
+    def crypten_functions(self) -> dict[str, Any]:
+        """The knobs that go to `crypten.cfg.functions` verbatim."""
+        return {k: getattr(self, k) for k in _CRYPTEN_FUNCTION_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (the `protocol` entry of a secure-eval result)."""
+        d = dataclasses.asdict(self)
+        d["benchmark_only"] = self.benchmark_only
+        d["security"] = self.security
+        return d
+
+    def validate(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UserError(f"protocol profile {self.path or self.name}: {msg}")
+
+        check(self.engine == "crypten", f"engine must be 'crypten', got {self.engine!r}")
+        check(self.provider in PROVIDERS, f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        check(8 <= self.precision_bits <= 24, f"precision_bits must be in [8, 24], got {self.precision_bits}")
+        check(self.gelu in GELU_METHODS, f"gelu must be one of {GELU_METHODS}, got {self.gelu!r}")
+        check(self.gelu_erf_clip > 0, "gelu_erf_clip must be positive")
+        check(self.max_method in MAX_METHODS, f"max_method must be one of {MAX_METHODS}, got {self.max_method!r}")
+        check(
+            self.sigmoid_tanh_method in SIGMOID_TANH_METHODS,
+            f"sigmoid_tanh_method must be one of {SIGMOID_TANH_METHODS}, got {self.sigmoid_tanh_method!r}",
+        )
+        for key in ("exp_iterations", "reciprocal_nr_iters", "sqrt_nr_iters", "erf_iterations"):
+            value = getattr(self, key)
+            check(isinstance(value, int) and 1 <= value <= 64, f"{key} must be an integer in [1, 64], got {value!r}")
+
+
+_SECTIONS = {
+    "protocol": ("name", "description", "engine", "provider", "precision_bits", "fast_matmul"),
+    "approximations": (
+        "gelu", "gelu_erf_clip", "layernorm_wide_range", *_CRYPTEN_FUNCTION_KEYS,
+    ),
+}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+
+
+def profile_from_dict(data: dict[str, Any], path: str | None = None) -> ProtocolProfile:
+    """Build and validate a profile from the parsed TOML sections."""
+    where = path or "protocol profile"
+    unknown_sections = sorted(set(data) - set(_SECTIONS))
+    if unknown_sections:
+        raise UserError(f"{where}: unknown sections {unknown_sections}; known: {sorted(_SECTIONS)}")
+    flat: dict[str, Any] = {}
+    for section, keys in _SECTIONS.items():
+        body = data.get(section, {})
+        unknown = sorted(set(body) - set(keys))
+        if unknown:
+            raise UserError(f"{where}: unknown keys in [{section}]: {unknown}")
+        flat.update(body)
+    if "name" not in flat:
+        raise UserError(f"{where}: [protocol] needs a name")
+    try:
+        profile = ProtocolProfile(**flat, path=path)
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None
+    profile.validate()
+    return profile
+
+
+def load_profile(path: str | Path) -> ProtocolProfile:
+    """Read a protocol profile TOML file (raises `UserError` on any problem)."""
+    path = Path(path)
+    return profile_from_dict(_read_toml(path), str(path))
+
+
+@dataclass(frozen=True)
+class Network:
+    """A link between the two parties: bandwidth in bits per second and round-trip time."""
+
+    name: str
+    bandwidth_bits_per_s: float
+    rtt_ms: float
+    description: str = ""
+
+    def seconds(self, compute_s: float, rounds: float, nbytes: float) -> float:
+        """Estimated latency = local compute + rounds x RTT + bytes / bandwidth."""
+        return compute_s + rounds * self.rtt_ms / 1000.0 + nbytes * 8.0 / self.bandwidth_bits_per_s
+
+
+DEFAULT_NETWORKS_FILE = Path(__file__).resolve().parents[2] / "protocols" / "networks.toml"
+
+
+def load_networks(path: str | Path | None = None) -> dict[str, Network]:
+    """Network profiles by name (default: `protocols/networks.toml`). Each table has
+    `bandwidth_bits_per_s`, `rtt_ms` and an optional `description`."""
+    path = Path(path) if path is not None else DEFAULT_NETWORKS_FILE
+    data = _read_toml(path)
+    out: dict[str, Network] = {}
+    for name, body in data.items():
+        if not isinstance(body, dict):
+            raise UserError(f"{path}: [{name}] must be a table")
+        unknown = sorted(set(body) - {"bandwidth_bits_per_s", "rtt_ms", "description"})
+        if unknown:
+            raise UserError(f"{path}: unknown keys in [{name}]: {unknown}")
+        try:
+            bw, rtt = float(body["bandwidth_bits_per_s"]), float(body["rtt_ms"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: [{name}] needs numeric bandwidth_bits_per_s and rtt_ms") from None
+        if bw <= 0 or rtt < 0:
+            raise UserError(f"{path}: [{name}] needs bandwidth > 0 and rtt >= 0")
+        out[name] = Network(name, bw, rtt, str(body.get("description", "")))
+    if not out:
+        raise UserError(f"{path}: no network profiles")
+    return out
+
+
+__all__ = [
+    "GELU_METHODS",
+    "Network",
+    "PROVIDERS",
+    "ProtocolProfile",
+    "load_networks",
+    "load_profile",
+    "profile_from_dict",
+]
