@@ -1,0 +1,282 @@
+"""The trainer: recipes, schedule, loss going down, every variant, slopes, NaN guard, exact resume
+(also after a SIGKILL), matrix runs and CLI errors. Uses the `tiny` recipe on the shared data_dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pi_lnfree.checkpoint import load_checkpoint, load_model
+from pi_lnfree.cli import main
+from pi_lnfree.config import load_recipe, parse_set, resolve_recipe
+from pi_lnfree.errors import UserError
+from pi_lnfree.runtime import setup_runtime
+from pi_lnfree.schedule import LRSchedule
+from pi_lnfree.train import Trainer, TrainingStopped, train_command
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "training" / "tiny.toml"
+MATRIX = ROOT / "training" / "paper-variants.toml"
+
+
+def records(run_dir: Path, key: str) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if key in r]
+
+
+def tiny_sets(data_dir: Path, *extra: str) -> list[str]:
+    return [f"data.dir={json.dumps(str(data_dir))}", "train.progress=false", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes and schedule (no training)
+
+
+def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
+    recipe = tmp_path / "r" / "x.toml"
+    recipe.parent.mkdir()
+    recipe.write_text('[data]\ndir = "../d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
+    cfg = load_recipe(str(recipe))
+    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the recipe file
+    assert cfg["train.max_steps"] == 7 and cfg["train.batch_size"] == 32  # defaults filled in
+    monkeypatch.chdir(tmp_path / "r")
+    cfg = load_recipe(str(recipe), ["data.dir=elsewhere", "model.final_norm=false", "optim.lr=3e-4",
+                                    "train.debug_nonfinite_steps=[2, 3]"])
+    assert cfg["data.dir"] == str(tmp_path / "r" / "elsewhere")  # --set: relative to the cwd
+    assert cfg["optim.lr"] == 3e-4 and cfg["train.debug_nonfinite_steps"] == [2, 3]
+    mc = cfg.model_config(vocab_size=100, seq_len=64)
+    assert (mc.activation, mc.final_norm, mc.block_size, mc.n_layer) == ("relu", False, 64, 2)
+    # The resolved recipe round-trips through the TOML writer.
+    out = tmp_path / "resolved.toml"
+    out.write_text(cfg.to_toml())
+    assert load_recipe(str(out)).values == cfg.values
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("train.max_step=3", "unknown recipe key 'train.max_step'"),
+    ("model.n_layers=3", "unknown recipe key 'model.n_layers'"),
+    ("trian.seed=3", "unknown recipe section 'trian'"),
+    ("train.batch_size=true", "train.batch_size must be int"),
+    ("train.precision=fp8", "train.precision must be one of"),
+    ("model.variant=sm-x", "unknown variant 'sm-x'"),
+    ("noequals", "--set expects section.key=value"),
+])
+def test_recipe_rejects_bad_keys(bad, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_recipe(str(TINY), ["data.dir=/x", bad])
+
+
+def test_recipe_rejects_unknown_key_in_file(tmp_path):
+    with pytest.raises(UserError, match="unknown recipe key 'optim.lr_max'"):
+        resolve_recipe({"data": {"dir": "/x"}, "optim": {"lr_max": 1.0}})
+
+
+def test_parse_set_reads_toml_values():
+    assert parse_set("train.compile=true") == ("train.compile", True)
+    assert parse_set("model.activation=[\"relu\", \"gelu\"]") == ("model.activation", ["relu", "gelu"])
+    assert parse_set("model.variant=sm-hybrid:relu,gelu") == ("model.variant", "sm-hybrid:relu,gelu")
+
+
+def test_schedule_matches_hand_computation():
+    s = LRSchedule(1e-3, total_steps=10, warmup_steps=2, decay="linear")
+    # warmup: (s+1)/W; then linear from the peak at s=W to 0 at s=total
+    want = [5e-4, 1e-3] + [1e-3 * (1 - (k - 2) / 8) for k in range(2, 10)]
+    assert [s.lr_at(k) for k in range(10)] == pytest.approx(want, rel=1e-12)
+    c = LRSchedule(1.0, total_steps=5, warmup_steps=1, decay="cosine", min_lr_frac=0.1)
+    assert c.lr_at(0) == 1.0 and c.lr_at(1) == pytest.approx(1.0)
+    assert c.lr_at(3) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert LRSchedule(2.0, 4, 0, "constant").lr_at(3) == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_tiny_run_learns_and_writes_its_run_dir(data_dir, tmp_path):
+    run = tmp_path / "run"
+    res = train_command(TINY, tiny_sets(data_dir, "train.max_steps=40"), run)
+    train_lines = records(run, "loss")
+    assert [r["step"] for r in train_lines] == list(range(5, 41, 5))
+    first, last = train_lines[0]["loss"], train_lines[-1]["loss"]
+    assert first > 5.5 and last < first - 0.6  # from ~ln(512)=6.24 down
+    assert all(r["tokens"] == r["step"] * 8 * 63 for r in train_lines)
+    assert all({"lr", "grad_norm", "tokens_per_s"} <= set(r) for r in train_lines)
+    evals = records(run, "eval_loss")
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    assert evals[-1]["eval_ppl"] == pytest.approx(math.exp(evals[-1]["eval_loss"]))
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < math.log(512)
+    assert res["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+
+    ckpt = load_checkpoint(run / "ckpt.pt")
+    assert ckpt["train"]["step"] == 40 and ckpt["meta"]["variant"] == "sm-ln-g"
+    assert ckpt["meta"]["data_dir"] == str(data_dir) and ckpt["optimizer"] is not None
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert load_recipe(str(run / "recipe.toml")).values == ckpt["train"]["recipe"]
+
+    # The logged final entropy is eq. 8 on the first 4 validation sequences of the saved model.
+    from pi_lnfree.data import load_data_folder
+    from pi_lnfree.diagnostics import headwise_entropy
+
+    model, _ = load_model(run / "ckpt.pt")
+    idx = torch.as_tensor(load_data_folder(data_dir).valid[:4].astype("int64"))
+    ent = records(run, "entropy")
+    assert [r["step"] for r in ent] == [0, 10, 20, 30, 40] and all(r["slopes"] == [] for r in ent)
+    assert torch.allclose(torch.tensor(ent[-1]["entropy"], dtype=torch.float64), headwise_entropy(model, idx),
+                          rtol=0, atol=1e-9)
+    # best.pt holds the weights of the best eval, and evaluates to the logged loss.
+    from pi_lnfree.diagnostics import evaluate
+
+    best, _ = load_model(run / "best.pt")
+    assert evaluate(best, load_data_folder(data_dir), batch_size=8, batches=4)["loss"] == pytest.approx(
+        res["best_eval_loss"], rel=1e-6)
+
+
+def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
+    out = tmp_path / "matrix"
+    sets = tiny_sets(data_dir, "train.max_steps=8", "train.eval_interval=0", "train.entropy_interval=4",
+                     "train.log_interval=4", "optim.lr=1e-2")
+    res = train_command(TINY, sets, out, matrix=MATRIX)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["sm-ln-g", "sm-ln-r", "sm-g", "sm-r", "sm-lrelu-layer", "sm-lrelu-global"])
+    assert [r["variant"] for r in res["runs"]] == ["sm-ln-g", "sm-ln-r", "sm-g", "sm-r", "sm-lrelu-layer",
+                                                   "sm-lrelu-global"]
+    for r in res["runs"]:
+        assert math.isfinite(r["final_loss"]) and r["nonfinite_steps"] == 0
+        assert load_checkpoint(out / r["variant"] / "ckpt.pt")["meta"]["variant"] == r["variant"]
+    for name, n_slopes in (("sm-lrelu-layer", 2), ("sm-lrelu-global", 1), ("sm-r", 0)):
+        slopes = [rec["slopes"] for rec in records(out / name, "slopes")]
+        assert [len(s) for s in slopes] == [n_slopes] * 3  # steps 0, 4, 8
+        if n_slopes:
+            assert slopes[0] == pytest.approx([0.01] * n_slopes)  # the initial slope
+            assert all(abs(a - b) > 1e-5 for a, b in zip(slopes[-1], slopes[0], strict=True))  # they learn
+            model, _ = load_model(out / name / "ckpt.pt")
+            assert model.slope_values() == pytest.approx(slopes[-1], abs=1e-7)
+
+
+def test_nan_guard_skips_counts_and_stops(data_dir, tmp_path):
+    run = tmp_path / "skip"
+    res = train_command(TINY, tiny_sets(data_dir, "train.max_steps=10", "train.debug_nonfinite_steps=[3, 4]"), run)
+    assert res["nonfinite_steps"] == 2 and math.isfinite(res["final_loss"])
+    assert [r["nonfinite"] for r in records(run, "nonfinite")] == [2, 2]
+    # Skipped steps leave the weights alone: a run poisoned at its last two steps ends with the
+    # weights a clean Trainer has after 6 steps of the same 8-step schedule.
+    poisoned = tmp_path / "poisoned"
+    train_command(TINY, tiny_sets(data_dir, "train.max_steps=8", "train.debug_nonfinite_steps=[7, 8]"), poisoned)
+    clean = Trainer(load_recipe(str(TINY), tiny_sets(data_dir, "train.max_steps=8")), tmp_path / "clean",
+                    setup_runtime("cpu", "fp32", 1), resume=False)
+    for _ in range(6):
+        clean.step()
+        clean.c.step += 1
+    w6 = clean.model.state_dict()
+    got = load_checkpoint(poisoned / "ckpt.pt")["model"]
+    assert all(torch.equal(got[k], w6[k]) for k in got)
+    clean.step()
+    assert not all(torch.equal(got[k], clean.model.state_dict()[k]) for k in got)
+
+    stop = tmp_path / "stop"
+    with pytest.raises(TrainingStopped, match=r"step 14: 3 non-finite .* \(step 10\)"):
+        train_command(TINY, tiny_sets(data_dir, "train.max_steps=30", "train.max_nonfinite=3",
+                                      "train.debug_nonfinite_steps=[12, 13, 14]"), stop)
+    assert load_checkpoint(stop / "ckpt.pt")["train"]["step"] == 10  # the last good one is kept
+    assert records(stop, "stopped")[-1]["step"] == 14
+
+
+def test_resume_is_bit_exact_after_sigkill(data_dir, tmp_path):
+    steps = 60
+    sets = tiny_sets(data_dir, f"train.max_steps={steps}", "train.ckpt_interval=1", "train.log_interval=1",
+                     "train.eval_interval=20", "train.entropy_interval=20")
+    ref = tmp_path / "ref"
+    train_command(TINY, sets, ref)
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pi_lnfree.cli", "train", "--recipe", str(TINY), "--out", str(run)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline, during_save = time.monotonic() + 60, False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            # Kill when a checkpoint save is in flight (its temp file exists) after step 15.
+            if (run / "metrics.jsonl").exists() and len(records(run, "loss")) >= 15:
+                if any(p.name.endswith(".tmp") for p in run.iterdir()):
+                    during_save = True
+                    break
+            time.sleep(0.0005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = load_checkpoint(run / "ckpt.pt")["train"]["step"]
+    assert 10 <= killed_at < steps, (killed_at, proc.stderr.read().decode()[-2000:])
+    res = train_command(None, [], run, resume=True)  # the recipe comes from the checkpoint
+    assert res["steps"] == steps
+    want, got = load_checkpoint(ref / "ckpt.pt"), load_checkpoint(run / "ckpt.pt")
+    assert all(torch.equal(want["model"][k], got["model"][k]) for k in want["model"])
+    strip = ("tokens_per_s",)
+    ref_lines = [{k: v for k, v in r.items() if k not in strip} for r in records(ref, "step")]
+    run_lines = [{k: v for k, v in r.items() if k not in strip} for r in records(run, "step")]
+    assert run_lines == ref_lines  # the same history, bit for bit, with no duplicated steps
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    print(f"killed after step {killed_at}, during a save: {during_save}")
+
+
+def test_resume_refuses_a_changed_recipe_and_reuse_of_a_run_dir(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train_command(TINY, tiny_sets(data_dir, "train.max_steps=2"), run)
+    with pytest.raises(UserError, match="already holds a run"):
+        train_command(TINY, tiny_sets(data_dir, "train.max_steps=2"), run)
+    with pytest.raises(UserError, match=r"different recipe .*optim\.lr"):
+        train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "optim.lr=0.5"), run, resume=True)
+    done = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run, resume=True)
+    assert done["steps"] == 2  # nothing left to do
+
+
+def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--recipe", str(TINY), "--set", f"data.dir={data_dir}", "--set", "train.bogus=1",
+              "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe key 'train.bogus'" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--recipe", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "recipe not found" in capsys.readouterr().err
+
+
+def test_cli_json_output(data_dir, tmp_path, capsys):
+    main(["train", "--recipe", str(TINY), "--set", f"data.dir={data_dir}", "--set", "train.max_steps=3",
+          "--set", "train.progress=false", "--out", str(tmp_path / "j"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 3 and out["tokens"] == 3 * 8 * 63 and out["variant"] == "sm-ln-g"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun processes")
+def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
+    """torchrun with 2 gloo ranks x batch 4 sees the same data as 1 process x batch 8."""
+    sets = tiny_sets(data_dir, "train.max_steps=4", "train.log_interval=1", "train.eval_interval=0",
+                     "train.entropy_interval=0")
+    one = tmp_path / "one"
+    train_command(TINY, sets, one)
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pi_lnfree.cli", "train", "--recipe", str(TINY), "--out", str(two)]
+    for s in [*sets, "train.batch_size=4"]:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = [r["loss"] for r in records(one, "loss")]
+    b = [r["loss"] for r in records(two, "loss")]
+    assert b == pytest.approx(a, rel=1e-4)
+    wa, wb = load_checkpoint(one / "ckpt.pt")["model"], load_checkpoint(two / "ckpt.pt")["model"]
+    # Summation order differs between one and two processes; Adam turns the rounding of near-zero
+    # gradients into updates of up to lr, so weights agree to ~1e-5 rather than to the bit.
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
