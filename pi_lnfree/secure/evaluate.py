@@ -47,10 +47,9 @@ from pi_lnfree.secure.meter import (
     total_of,
 )
 from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, check_supported, share_tokens, share_weights
-from pi_lnfree.secure.parties import PartyFailure, PartyJob, free_port, launch_local, run_party
+from pi_lnfree.secure.parties import DEALER, PartyFailure, PartyJob, free_port, launch_local, run_party
 from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
 
-DEALER = 2
 DEFAULT_SEQ_LEN = 32
 
 
@@ -98,11 +97,7 @@ def _stats() -> dict[str, float]:
 
 
 def party_program(job: PartyJob) -> dict[str, Any]:
-    """What party `job.rank` does once the process group is up (see the module docstring)."""
-    crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
-    if job.rank == DEALER:
-        crypten_compat.run_dealer()
-        return {"role": "dealer"}
+    """What the client or the server does once the process group is up (module docstring)."""
     if job.rank == SERVER:
         return _server_program(job)
     return _client_program(job)

@@ -9,7 +9,8 @@ a piece of `pi_lnfree.model`:
 * `activation`: ReLU as `x * (x >= 0)`; fixed leaky ReLU `relu(x) + s (x - relu(x))` with the
   public slope s (no extra communication); learnable leaky ReLU the same with the server's secret
   slope (one extra multiplication); GELU in the erf form through one of three profile methods
-  (`tanh` formula, Taylor `erf` with a relu switch for large |x|, `sigmoid` x*sigmoid(1.702x)),
+  (`tanh` formula, Taylor `erf` (our own series: CrypTen 0.4.1's erf is wrong) with a relu
+  switch for large |x|, `sigmoid` x*sigmoid(1.702x)),
   GELU in the tanh form always through the tanh formula.
 * `causal_softmax`: all heads of a layer in one call; the causal mask is public: future scores get
   a public offset of -64 before the row max, and their exponentials are multiplied by the public
@@ -84,11 +85,28 @@ def gelu_tanh_formula(x):
     return x.mul(inner.tanh().add(1.0)).mul(0.5)
 
 
-def gelu_erf(x, clip: float):
-    """0.5 x (1 + erf(x / sqrt 2)) for |x| < clip (CrypTen's Taylor erf), relu(x) beyond."""
+def erf_taylor(u, iterations: int):
+    """erf(u) = 2/sqrt(pi) sum_n (-1)^n u^(2n+1) / (n! (2n+1)), n = 0..iterations.
+
+    Replaces CrypTen 0.4.1's `erf`, whose integer `pow` is wrong for odd exponents >= 5
+    ((x^3)^((p-1)/2) instead of x^p). The terms t_n = (-1)^n u^(2n+1) / n! are built by one secret
+    multiplication each (t_n = t_{n-1} * u^2 * (-1/n)), so no coefficient is too small for
+    16-bit fixed point. Accurate for |u| up to about 1.8 with 8 iterations.
+    """
+    u2 = u.square()
+    term, total = u, u
+    for n in range(1, iterations + 1):
+        term = (term * u2).mul(-1.0 / n)
+        total = total + term.mul(1.0 / (2 * n + 1))
+    return total.mul(2.0 / math.sqrt(math.pi))
+
+
+def gelu_erf(x, clip: float, iterations: int = 8):
+    """0.5 x (1 + erf(x / sqrt 2)) for |x| < clip (Taylor erf), relu(x) beyond: the series
+    diverges for large |x|, so two comparisons switch to relu there."""
     inside = x.square() < clip * clip
     r = x.relu()
-    smooth = x.mul(x.mul(1.0 / math.sqrt(2.0)).erf().add(1.0)).mul(0.5)
+    smooth = x.mul(erf_taylor(x.mul(1.0 / math.sqrt(2.0)), iterations).add(1.0)).mul(0.5)
     return r + (smooth - r) * inside
 
 
@@ -97,7 +115,7 @@ def gelu_sigmoid(x):
     return x * x.mul(1.702).sigmoid()
 
 
-def activation(x, name: str, slope: Any, gelu_method: str, gelu_erf_clip: float):
+def activation(x, name: str, slope: Any, gelu_method: str, gelu_erf_clip: float, erf_iterations: int = 8):
     """One FFN activation by name (see `pi_lnfree.model.activate`)."""
     if name == "relu":
         return relu(x)
@@ -109,7 +127,7 @@ def activation(x, name: str, slope: Any, gelu_method: str, gelu_erf_clip: float)
         if gelu_method == "tanh":
             return gelu_tanh_formula(x)
         if gelu_method == "erf":
-            return gelu_erf(x, gelu_erf_clip)
+            return gelu_erf(x, gelu_erf_clip, erf_iterations)
         if gelu_method == "sigmoid":
             return gelu_sigmoid(x)
         raise ValueError(f"unknown GELU method {gelu_method!r}")
@@ -195,7 +213,8 @@ class SecureOps:
     def activation(self, x, name: str, slope=None):
         """`activation`: the FFN nonlinearity of one layer."""
         with self.meter.op("activation"):
-            return activation(x, name, slope, self.profile.gelu, self.profile.gelu_erf_clip)
+            p = self.profile
+            return activation(x, name, slope, p.gelu, p.gelu_erf_clip, p.erf_iterations)
 
     def lm_head(self, x, weight_t, reveal_to: int = 0):
         """`lm_head`: logits = x @ W^T, opened to the client only (the opening is counted here)."""
@@ -213,6 +232,7 @@ __all__ = [
     "activation",
     "causal_mask",
     "causal_softmax",
+    "erf_taylor",
     "gelu_erf",
     "gelu_sigmoid",
     "gelu_tanh_formula",

@@ -12,7 +12,8 @@ the parent watches the processes, and once one has died or failed it gives the o
 `timeout_s` seconds to fail on their own, then kills them. Either way the caller gets a
 `PartyFailure` naming each party and what happened to it.
 
-What each party does in its process is `pi_lnfree.secure.evaluate.party_program`.
+What ranks 0 and 1 do once connected is `PartyJob.program`, by default
+`pi_lnfree.secure.evaluate.party_program`; the dealer always serves triples.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pi_lnfree.errors import UserError
 
 _CHILD_CMD = ["-m", "pi_lnfree.secure.parties"]
 ROLES = {0: "client", 1: "server", 2: "dealer"}
+DEALER = 2
 
 
 class PartyFailure(UserError):
@@ -56,6 +58,10 @@ class PartyJob:
     tokens: Any = None  # client only: (N, T) LongTensor, or None to derive from `token_spec`
     token_spec: dict[str, Any] = field(default_factory=dict)  # client only
     capture_server_view: bool = False  # tests: the server returns the shares it holds
+    # "module:function" run by ranks 0 and 1 once the process group is up (rank 2, the TTP
+    # dealer, always serves triples); `payload` is free-form input for it.
+    program: str = "pi_lnfree.secure.evaluate:party_program"
+    payload: Any = None
 
     @property
     def role(self) -> str:
@@ -85,15 +91,21 @@ def _describe_error(exc: BaseException) -> str:
 
 def run_party(job: PartyJob) -> Any:
     """Run one party in this process (blocking); its result, or `PartyFailure`."""
+    import importlib
+
     import torch
 
     from pi_lnfree.secure import crypten_compat
-    from pi_lnfree.secure.evaluate import party_program
 
     torch.set_num_threads(max(1, int(job.threads)))
     try:
         crypten_compat.configure(job.profile, device=job.device)
-        return party_program(job)
+        crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
+        if job.rank == DEALER:
+            crypten_compat.run_dealer()
+            return {"role": "dealer"}
+        module, _, name = job.program.partition(":")
+        return getattr(importlib.import_module(module), name)(job)
     except PartyFailure:
         raise
     except Exception as e:  # noqa: BLE001 - every failure of a party becomes one clear message
