@@ -24,10 +24,11 @@ the same split, wherever it is stored, and identical files never straddle the sp
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pi_lnfree.errors import UserError
@@ -72,15 +73,17 @@ def stdlib_root() -> Path:
 
 
 def list_files(root: Path, glob: str, exclude_dirs: tuple[str, ...] = ()) -> list[Path]:
-    """Files under `root` matching `glob`, sorted by relative path, skipping hidden and excluded folders."""
-    files = []
-    for path in root.rglob(glob):
-        rel = path.relative_to(root).parts
-        if any(part.startswith(".") or part in exclude_dirs for part in rel[:-1]):
-            continue
-        if path.is_file():
-            files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    """Files under `root` whose relative path matches `glob` (as `Path.match`: `*.py` matches at any
+    depth), sorted by relative path; hidden folders and `exclude_dirs` are not descended into."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in exclude_dirs]
+        rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        for name in names:
+            rel = rel_folder / name
+            if rel.match(glob):
+                found.append(rel)
+    return [root / rel for rel in sorted(found, key=str)]
 
 
 def _read_files(paths: list[str]) -> Iterator[dict[str, str | None]]:
