@@ -126,12 +126,13 @@ def _reuse_or_clear(out: Path, request: dict, overwrite: bool) -> dict | None:
     manifest_path = out / "manifest.json"
     if manifest_path.is_file() and not overwrite:
         try:
-            old = json.loads(manifest_path.read_text()).get("request", {})
-        except ValueError:
-            old = {}
+            manifest = json.loads(manifest_path.read_text())
+            old, had = manifest.get("request", {}), manifest.get("tokenizer_sha256")
+        except (ValueError, AttributeError):
+            old, had = {}, None
         if old == request:
             return load_data_folder(out).manifest
-        given, had = request.get("tokenizer_sha256"), old.get("tokenizer_sha256")
+        given = request["tokenizer_sha256"]
         if given and had != given:
             raise UserError(f"{out} holds shards made with another tokenizer (sha256 {str(had)[:12]}, "
                             f"given {given[:12]}); use --overwrite or another --out")
@@ -198,16 +199,21 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
             pending[split], pending_bytes[split] = [], 0
 
     total = None if limit_bytes is not None else source.n_files
-    with _progress_bar() as bar:
-        task = bar.add_task("tokenizing", total=total)
-        for split, text in iter_documents(source, valid_fraction, stats, limit_bytes):
-            pending[split].append(text)
-            pending_bytes[split] += len(text.encode("utf-8"))
-            if pending_bytes[split] >= ENCODE_BATCH_BYTES:
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task("tokenizing", total=total)
+            for split, text in iter_documents(source, valid_fraction, stats, limit_bytes):
+                pending[split].append(text)
+                pending_bytes[split] += len(text.encode("utf-8"))
+                if pending_bytes[split] >= ENCODE_BATCH_BYTES:
+                    flush(split)
+                bar.advance(task)
+            for split in SPLITS:
                 flush(split)
-            bar.advance(task)
-        for split in SPLITS:
-            flush(split)
+    except BaseException:
+        for writer in writers.values():
+            writer.file.close()
+        raise
     return {s: writers[s].finish() for s in SPLITS}
 
 
