@@ -13,7 +13,9 @@ Sources (the `--source` of `pi-lnfree data prepare`):
   when it has one; a second dataset after a comma supplies the validation split instead (the paper's
   `huggingface-course/codeparrot-ds-train,huggingface-course/codeparrot-ds-valid`).
 
-Files are read as UTF-8; a file that cannot be read or decoded is skipped and counted.
+Files are read as UTF-8; a file that cannot be read or decoded, or an empty one, is skipped and
+counted. Local files are read in sorted relative-path order, so `--limit-mb` (reading stops once
+that much text was read) always takes the same files.
 Local files are wrapped with `IterableDataset.from_generator`, JSONL goes through
 `load_dataset("json", streaming=True)`, so after loading every source takes the same path.
 When a source has no validation split, each document goes to validation when

@@ -7,6 +7,9 @@ A data folder holds `tokenizer.json`, `train.bin`, `valid.bin` (raw `np.memmap` 
 Each document is tokenized on its own and cut into `seq_len`-token chunks; a shorter last chunk is
 dropped (the paper's recipe), so no chunk crosses two documents. The chunks hold file tokens only:
 the end-of-file token is in the vocabulary (for generation and padding) but is not inserted.
+Re-running `prepare` with the same arguments (and the same tokenizer.json bytes) reuses the folder;
+other arguments are an error unless `overwrite`. The corpus itself is not fingerprinted: after
+editing the files of a `dir:` source, prepare again with `overwrite`.
 Batches (random training chunks, ordered validation) live in `pi_lnfree.batches`.
 """
 
