@@ -68,7 +68,8 @@ def data_prepare(
         None, "--vocab-size", help="Train a byte-level BPE of this size on the train split."
     ),
     tokenizer: Optional[Path] = typer.Option(
-        None, "--tokenizer", help="Use this tokenizer.json instead of training one."
+        None, "--tokenizer",
+        help="Use this tokenizer.json (a file, its folder, or hub:REPO) instead of training one.",
     ),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per chunk; a shorter last chunk is dropped."),
     valid_fraction: float = typer.Option(
@@ -76,7 +77,9 @@ def data_prepare(
     ),
     text_column: str = typer.Option("content", "--text-column", help="Text field of hub:/files: records."),
     glob: str = typer.Option("*.py", "--glob", help="File pattern for dir: and python-stdlib sources."),
-    limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="Read at most this many MB of text."),
+    limit_mb: Optional[float] = typer.Option(
+        None, "--limit-mb", help="Stop reading once this many MB of text were read."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder prepared differently."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as one JSON object on stdout."),
 ) -> None:
