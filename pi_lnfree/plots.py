@@ -145,3 +145,139 @@ def dynamics_figure(
         axes[0, 1].set_title("learnable slopes")
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)
+
+
+# =============================================================================================
+# Report figures (added for `pi-lnfree report`): several runs of one model family side by side.
+
+
+def _panel_grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return (n + cols - 1) // cols, cols
+
+
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in axes.ravel()[used:]:
+        ax.set_visible(False)
+
+
+def entropy_heatmaps_grid(
+    panels: Sequence[tuple[str, Sequence[Sequence[float]], float | None]], out: str | os.PathLike, title: str,
+    vmax: float | None = None,
+) -> Path:
+    """Headwise entropy heatmaps of several models side by side on one colour scale.
+
+    `panels`: (panel title, entropy matrix (layers x heads), the model's Emax or None); heads in
+    the model's top band (>= 3/4 of its Emax) get a red outline. `vmax` tops the shared scale
+    (e.g. the theoretical maximum entropy); default: the largest value in any panel.
+    """
+    mats = [np.asarray(m, dtype=np.float64) for _, m, _ in panels]
+    top = vmax if vmax is not None else max(float(m.max()) for m in mats)
+    n_layer, n_head = mats[0].shape
+    rows, cols = _panel_grid(len(panels))
+    fig, axes = new_figure(cols * max(3.2, 0.5 * n_head + 1.2) + 1.0, rows * max(2.8, 0.42 * n_layer + 1.5),
+                           nrows=rows, ncols=cols)
+    image = None
+    for ax, (name, _, emax), e in zip(axes.ravel(), panels, mats, strict=False):
+        image = draw_entropy_heatmap(ax, e, vmax=top, highlight_from=None if emax is None else 0.75 * emax)
+        ax.set_title(name, fontsize=9)
+    _hide_unused(axes, len(panels))
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
+    bar.set_label("entropy (nats)")
+    fig.suptitle(title + "\nred outline: heads in the model's top band (entropy >= 3/4 of its Emax)", fontsize=10)
+    return save_figure(fig, out)
+
+
+def loss_curves_figure(
+    series: Sequence[tuple[str, Sequence[int], Sequence[float], Sequence[int], Sequence[float]]],
+    out: str | os.PathLike, title: str,
+) -> Path:
+    """Training loss (left) and evaluation loss (right) over steps, one line per run.
+
+    `series`: (label, train steps, train losses, eval steps, eval losses); empty lists are skipped.
+    """
+    fig, axes = new_figure(11.0, 4.0, ncols=2)
+    colours = _series_colours(len(series))
+    for k, (label, ts, tl, es, el) in enumerate(series):
+        if len(ts):
+            axes[0, 0].plot(ts, tl, color=colours[k], label=label, linewidth=1.2)
+        if len(es):
+            axes[0, 1].plot(es, el, color=colours[k], label=label, marker="o", markersize=3)
+    for ax, name in zip(axes[0], ("training loss (mean since previous log line)", "evaluation loss"), strict=True):
+        ax.set_xlabel("training step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, out)
+
+
+def entropy_dynamics_grid(
+    panels: Sequence[tuple[str, Sequence[int], Sequence[Sequence[float]]]], out: str | os.PathLike, title: str,
+) -> Path:
+    """Mean headwise entropy per layer over training steps, one panel per run, shared y axis.
+
+    `panels`: (panel title, steps, entropy_per_layer as [step][layer]).
+    """
+    rows, cols = _panel_grid(len(panels))
+    fig, axes = new_figure(cols * 4.2, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
+    for ax, (name, steps, values) in zip(axes.ravel(), panels, strict=False):
+        v = np.asarray(values, dtype=np.float64)
+        draw_lines_over_steps(ax, steps, v, [f"layer {i}" for i in range(v.shape[1])], "entropy, mean over heads (nats)")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_title(name, fontsize=10)
+    _hide_unused(axes, len(panels))
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, out)
+
+
+def slope_dynamics_figure(
+    panels: Sequence[tuple[str, Sequence[int], Sequence[Sequence[float]], Sequence[str]]],
+    out: str | os.PathLike, title: str,
+) -> Path:
+    """Learnable leaky-ReLU slopes over training steps, one panel per run that has them.
+
+    `panels`: (panel title, steps, slopes as [step][slope], one legend label per slope).
+    """
+    rows, cols = _panel_grid(len(panels), max_cols=3)
+    fig, axes = new_figure(cols * 4.6, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
+    for ax, (name, steps, values, labels) in zip(axes.ravel(), panels, strict=False):
+        draw_lines_over_steps(ax, steps, values, list(labels), "leaky ReLU negative slope")
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_title(name, fontsize=10)
+    _hide_unused(axes, len(panels))
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, out)
+
+
+def operator_cost_bars(
+    configs: Sequence[str], categories: Sequence[str], nbytes: Sequence[Sequence[float]],
+    seconds: Sequence[Sequence[float]], out: str | os.PathLike, title: str, seconds_label: str,
+) -> Path:
+    """Stacked bars per configuration: bytes (left, in MB) and latency (right) by operator category.
+
+    `nbytes` and `seconds` are [config][category]; categories that are zero everywhere are left out
+    of the legend.
+    """
+    b = np.asarray(nbytes, dtype=np.float64).reshape(len(configs), len(categories)) / 1e6
+    s = np.asarray(seconds, dtype=np.float64).reshape(len(configs), len(categories))
+    keep = [j for j in range(len(categories)) if b[:, j].any() or s[:, j].any()]
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    fig, axes = new_figure(max(9.0, 1.6 * len(configs) + 5.0), 4.2, ncols=2)
+    x = np.arange(len(configs))
+    for ax, values, ylabel in ((axes[0, 0], b, "communication per sequence (MB)"), (axes[0, 1], s, seconds_label)):
+        bottom = np.zeros(len(configs))
+        for j in keep:
+            ax.bar(x, values[:, j], 0.6, bottom=bottom, color=cmap(j % 10), label=categories[j])
+            bottom += values[:, j]
+        ax.set_xticks(x, list(configs), rotation=20 if len(configs) > 4 else 0, ha="right" if len(configs) > 4 else "center")
+        ax.set_xlabel("configuration")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0, 1].legend(title="operator", fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, out)

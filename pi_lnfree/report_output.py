@@ -1,0 +1,227 @@
+"""Writing a report: per-family tables (CSV + markdown), figures (PNG), report.md, report.csv.
+
+Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder layout::
+
+    OUT/report.md                      tables + figure links + reasons for every "n/a"
+    OUT/report.csv                     one row per run, every number of every table
+    OUT/report.json                    the tables as records (what --json prints)
+    OUT/tables/main-FAMILY.csv         quality, overload, measured cost, savings (the paper's form)
+    OUT/tables/predicted-FAMILY.csv    cost-model predictions at the model's context
+    OUT/tables/operators-FAMILY.csv    per-operator bytes / WAN latency and their shares (measured)
+    OUT/tables/operators-predicted-FAMILY.csv
+    OUT/tables/fidelity-FAMILY.csv     secure-eval settings and logit fidelity
+    OUT/figures/*.png                  heatmaps, loss curves, entropy/slope dynamics, operator bars
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from pi_lnfree import tables as tb
+from pi_lnfree.progress import console
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a family name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "family"
+
+
+def family_tables(runs: list) -> dict[str, pd.DataFrame]:
+    """The tables of one family, by kind: main, predicted, operators, operators-predicted, fidelity."""
+    return {
+        "main": tb.main_table(runs, "secure"),
+        "predicted": tb.cost_table(runs, "cost"),
+        "operators": tb.operator_table(runs, "secure"),
+        "operators-predicted": tb.operator_table(runs, "cost"),
+        "fidelity": tb.fidelity_table(runs),
+    }
+
+
+def run_rows(runs: list) -> pd.DataFrame:
+    """report.csv: one row per run with the main table's and the predicted table's numbers."""
+    rows = []
+    for fam, members in tb.group_families(runs).items():
+        main = tb.main_table(members, "secure")
+        pred = tb.cost_table(members, "cost")
+        for i, run in enumerate(members):
+            row = {"family": fam, "run_dir": str(run.run_dir), "variant": run.variant}
+            row.update(main.iloc[i].to_dict())
+            row["eval loss"] = (run.pieces.get("eval") or {}).get("loss")
+            row.update({f"predicted {k}": v for k, v in pred.iloc[i].to_dict().items() if k != tb.CONFIG})
+            row["missing"] = "; ".join(f"{k}: {v}" for k, v in run.missing.items())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _train_eval_series(run) -> tuple[list, list, list, list]:
+    def finite(v):
+        return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+
+    train = [(r["step"], r["loss"]) for r in run.metrics if "loss" in r and finite(r["loss"])]
+    ev = [(r["step"], r["eval_loss"]) for r in run.metrics if "eval_loss" in r and finite(r["eval_loss"])]
+    return [s for s, _ in train], [v for _, v in train], [s for s, _ in ev], [v for _, v in ev]
+
+
+def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict[str, str]:
+    """Write the family's figures; returns {figure kind: path, or "n/a: reason"}."""
+    from pi_lnfree import plots
+
+    out: dict[str, str] = {}
+    s = slug(fam)
+
+    def write(kind: str, have: list, why: str, draw) -> None:
+        out[kind] = str(draw()) if have else f"n/a: {why}"
+
+    ent = [(n, r.pieces["entropy"]) for n, r in zip(names, runs, strict=True) if r.pieces.get("entropy")]
+    write("entropy heatmaps", ent, "no entropy results", lambda: plots.entropy_heatmaps_grid(
+        [(f"{n}: overload {e['overload_fraction']:.0%}", e["entropy"], e["emax"]) for n, e in ent],
+        folder / f"entropy-heatmaps-{s}.png", f"Headwise attention entropy, {fam} (scale: 0 to the causal maximum)",
+        vmax=max(e["max_entropy"] for _, e in ent) if ent else None))
+
+    curves = [(n, *_train_eval_series(r)) for n, r in zip(names, runs, strict=True) if r.metrics]
+    write("loss curves", curves, "no metrics.jsonl", lambda: plots.loss_curves_figure(
+        curves, folder / f"loss-curves-{s}.png", f"Loss curves, {fam}"))
+
+    dyn = [(n, r.dynamics) for n, r in zip(names, runs, strict=True) if r.dynamics]
+    write("entropy dynamics", dyn, "no entropy history in metrics.jsonl", lambda: plots.entropy_dynamics_grid(
+        [(n, d["steps"], d["entropy_per_layer"]) for n, d in dyn], folder / f"entropy-dynamics-{s}.png",
+        f"Headwise entropy per layer during training, {fam}"))
+
+    slopes = [(n, d) for n, d in dyn if d["slopes"]]
+    write("slope dynamics", slopes, "no run with learnable slopes", lambda: plots.slope_dynamics_figure(
+        [(n, d["slope_steps"], d["slopes"], _slope_labels(d)) for n, d in slopes],
+        folder / f"slope-dynamics-{s}.png", f"Learnable leaky-ReLU slopes during training, {fam}"))
+
+    for piece, kind, what in (("secure", "operator costs", "measured by secure-eval"),
+                              ("cost", "operator costs (predicted)", "predicted by the cost model")):
+        have = [(n, r.pieces[piece]) for n, r in zip(names, runs, strict=True) if r.pieces.get(piece)]
+        suffix = "" if piece == "secure" else "-predicted"
+        write(kind, have, f"no {piece} results", lambda have=have, suffix=suffix, what=what: plots.operator_cost_bars(
+            [n for n, _ in have], tb.CATEGORIES,
+            [[res["ops"][c]["bytes"] for c in tb.CATEGORIES] for _, res in have],
+            [[res["network"]["wan"]["ops"][c] for c in tb.CATEGORIES] for _, res in have],
+            folder / f"operators{suffix}-{s}.png",
+            f"Private-inference cost per operator, {fam}, {what} (T={have[0][1]['seq_len']})",
+            "estimated WAN latency (s)"))
+    return out
+
+
+def _slope_labels(dyn: dict) -> list[str]:
+    n = len(dyn["slopes"][0])
+    labels = dyn.get("slope_labels")
+    return list(labels) if labels and len(labels) == n else [f"slope {k}" for k in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# report.md
+
+
+def _settings_lines(opts, runs: list) -> list[str]:
+    ev = "the whole validation split" if opts.eval_batches is None else \
+        f"the first {opts.eval_batches} x {opts.eval_batch_size} validation sequences"
+    en = "all validation sequences" if opts.entropy_batches is None else \
+        f"the first {opts.entropy_batches} x {opts.entropy_batch_size} validation sequences"
+    proto = Path(opts.protocol).name
+    secure = "skipped" if opts.secure_seq_len == 0 else (
+        f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
+        "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
+        "(protocols/networks.toml)")
+    cost = "skipped" if opts.cost_seq_len == 0 else (
+        f"`{proto}` calibration, T={opts.cost_seq_len or 'the model context'}")
+    return [f"- eval PPL: exp(mean token cross-entropy) over {ev}",
+            f"- overload: share of heads in the top band [3/4 Emax, Emax] of headwise entropy, over {en}",
+            f"- measured cost (secure-eval): {secure}",
+            f"- predicted cost (cost model): {cost}",
+            "- comm (GB): bytes both parties send for one forward pass of one sequence, / 1e9; "
+            "savings (x) = SM+LN+G cost / this configuration's cost, within the family"]
+
+
+def _share_markdown(long: pd.DataFrame, piece: str) -> str:
+    if long.empty:
+        return f"n/a: no run has {piece} results (reasons below)."
+    return tb.to_markdown(tb.operator_share_wide(long))
+
+
+def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, command: str, out: Path) -> str:
+    """The report.md text."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# pi-lnfree report", "", f"Generated {when} by `{command}` from {len(runs)} run dir(s).", "",
+             "## Settings", "", *_settings_lines(opts, runs), ""]
+    families = tb.group_families(runs)
+    for fam, members in families.items():
+        t, figs = fam_tables[fam], fam_figures[fam]
+        lines += [f"## {members[0].family_title}", "",
+                  "### Quality, entropy and measured private-inference cost", "", tb.to_markdown(t["main"]), "",
+                  "### Predicted private-inference cost (cost model)", "", tb.to_markdown(t["predicted"]), "",
+                  "### Share of bytes and WAN latency per operator (measured)", "",
+                  _share_markdown(t["operators"], "secure"), "",
+                  "### Share of bytes and WAN latency per operator (predicted)", "",
+                  _share_markdown(t["operators-predicted"], "cost"), "",
+                  "### Secure-eval fidelity (secure vs plaintext logits)", "", tb.to_markdown(t["fidelity"]), "",
+                  "### Figures", ""]
+        for kind, path in figs.items():
+            if path.startswith("n/a"):
+                lines += [f"- {kind}: {path}", ""]
+            else:
+                lines += [f"**{kind}**", "", f"![{kind}]({Path(path).relative_to(out).as_posix()})", ""]
+    lines += ["## Missing values (n/a) and their reasons", ""]
+    reasons = [f"- `{r.run_dir}` ({r.label}): {piece}: {why}" for r in runs for piece, why in r.missing.items()]
+    lines += reasons or ["- none"]
+    lines += ["", "## Sources", ""]
+    lines += [f"- `{r.run_dir}` ({r.label}, {r.variant}): " + ", ".join(
+        f"{p} `{Path(f).name}`" for p, f in r.files.items()) for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# everything
+
+
+def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) -> dict[str, Any]:
+    """Write every table, figure, report.md, report.csv and report.json under `out`; print the
+    main tables with rich when `show`. Returns the summary (the --json object)."""
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    families = tb.group_families(runs)
+    fam_tables: dict[str, dict[str, pd.DataFrame]] = {}
+    fam_figures: dict[str, dict[str, str]] = {}
+    files: list[str] = []
+    records: dict[str, list] = {}
+    for fam, members in families.items():
+        fam_tables[fam] = family_tables(members)
+        for kind, df in fam_tables[fam].items():
+            path = out / "tables" / f"{kind}-{slug(fam)}.csv"
+            df.to_csv(path, index=False)
+            files.append(str(path))
+            records[f"{kind}-{slug(fam)}"] = tb.to_records(df)
+        fam_figures[fam] = family_figures(fam, members, tb.configuration_names(members), out / "figures")
+        files += [p for p in fam_figures[fam].values() if not p.startswith("n/a")]
+        if show:
+            table = tb.to_rich(fam_tables[fam]["main"].rename(columns=tb.SHORT_NAMES), members[0].family_title)
+            wide = console if console.is_terminal else Console(stderr=True, width=160)  # logs: don't squeeze
+            wide.print(table)
+    run_rows(runs).to_csv(out / "report.csv", index=False)
+    (out / "report.md").write_text(render_markdown(runs, fam_tables, fam_figures, opts, command, out), encoding="utf-8")
+    summary = {
+        "out": str(out),
+        "report": str(out / "report.md"),
+        "csv": str(out / "report.csv"),
+        "files": [str(out / "report.md"), str(out / "report.csv"), *files],
+        "figures": fam_figures,
+        "tables": records,
+        "missing": {str(r.run_dir): dict(r.missing) for r in runs},
+    }
+    (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,297 @@
+"""Report tables: gathered run results -> pandas DataFrames -> markdown / CSV / rich.
+
+Every function here is pure: it reads the result dicts of `pi_lnfree.report.RunResult` (the
+JSON that `eval`, `entropy`, `secure-eval` and `cost` produce) and never computes a metric
+itself. Missing values are None in the DataFrames and print as "n/a"; the reasons are listed by
+the report next to the tables.
+
+Definitions (the paper's form):
+
+* "PPL vs SM+LN+G (%)" = 100 * (PPL / PPL of the SM+LN+G run of the same family - 1);
+* "overload (% heads)" = share of heads in the top entropy band [3/4 Emax, Emax];
+* "savings (x)" = baseline cost / this configuration's cost (bytes, LAN or WAN seconds), with
+  the SM+LN+G run of the same family as the baseline (so the baseline itself shows 1.00x);
+* "comm (GB)" = bytes sent by both parties together for one forward pass of one sequence, / 1e9.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+BASELINE = "SM+LN+G"
+PAPER_ORDER = ("SM+LN+G", "SM+LN+R", "SM+G", "SM+R")
+COST_PIECES = ("secure", "cost")  # measured (secure-eval) and predicted (cost model) costs
+CATEGORIES = ("embedding", "linear", "attention", "softmax", "layernorm", "activation", "lm_head", "other")
+
+CONFIG = "configuration"
+PPL = "eval PPL"
+PPL_VS = f"PPL vs {BASELINE} (%)"
+OVERLOAD = "overload (% heads)"
+GB = "comm (GB)"
+ROUNDS = "rounds"
+LAN = "LAN (s)"
+WAN = "WAN (s)"
+SAVE_GB = "comm savings (x)"
+SAVE_LAN = "LAN savings (x)"
+SAVE_WAN = "WAN savings (x)"
+COST_COLUMNS = (GB, ROUNDS, LAN, WAN, SAVE_GB, SAVE_LAN, SAVE_WAN)
+MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, *COST_COLUMNS)
+
+# Markdown / terminal formats per column (CSV keeps full precision).
+FORMATS: dict[str, str] = {
+    PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
+    LAN: "{:.3g}", WAN: "{:.3g}", SAVE_GB: "{:.2f}x", SAVE_LAN: "{:.2f}x", SAVE_WAN: "{:.2f}x",
+    "bytes (%)": "{:.1f}", "WAN (%)": "{:.1f}", "bytes": "{:,.0f}", "WAN seconds": "{:.3g}",
+    "top-1 agreement": "{:.3f}", "max |logit error|": "{:.3g}", "mean |logit error|": "{:.3g}",
+    "plain PPL": "{:.3f}", "secure PPL": "{:.3f}", "T": "{:d}", "samples": "{:d}",
+}
+NA = "n/a"
+# Compact headers for the terminal (rich); files keep the full names.
+SHORT_NAMES = {
+    CONFIG: "config", PPL: "PPL", PPL_VS: "PPL vs base %", OVERLOAD: "overload %", GB: "GB",
+    LAN: "LAN s", WAN: "WAN s", SAVE_GB: "GB x", SAVE_LAN: "LAN x", SAVE_WAN: "WAN x",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# small numeric helpers
+
+
+def savings(baseline: float | None, value: float | None) -> float | None:
+    """baseline / value: how many times cheaper `value` is than the baseline (None if unknown)."""
+    if baseline is None or value is None or value == 0:
+        return None
+    return float(baseline) / float(value)
+
+
+def percent_vs(baseline: float | None, value: float | None) -> float | None:
+    """100 * (value / baseline - 1) (None if unknown)."""
+    if baseline is None or value is None or baseline == 0:
+        return None
+    return 100.0 * (float(value) / float(baseline) - 1.0)
+
+
+def cost_summary(result: dict[str, Any] | None) -> dict[str, float | None]:
+    """bytes, rounds, LAN and WAN seconds of one secure-eval / cost JSON (all None when absent)."""
+    if not result:
+        return {"bytes": None, "rounds": None, "lan": None, "wan": None}
+    net = result.get("network") or {}
+    return {
+        "bytes": float(result["total"]["bytes"]),
+        "rounds": float(result["total"]["rounds"]),
+        "lan": float(net["lan"]["seconds"]) if "lan" in net else None,
+        "wan": float(net["wan"]["seconds"]) if "wan" in net else None,
+    }
+
+
+def _get(d: dict[str, Any] | None, key: str) -> Any:
+    return None if d is None else d.get(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# ordering and families
+
+
+def sort_runs(runs: Iterable) -> list:
+    """Paper order (SM+LN+G, SM+LN+R, SM+G, SM+R), then other labels alphabetically, then run name."""
+    def key(run):
+        rank = PAPER_ORDER.index(run.label) if run.label in PAPER_ORDER else len(PAPER_ORDER)
+        return (rank, run.label, run.name)
+    return sorted(runs, key=key)
+
+
+def group_families(runs: Iterable) -> dict[str, list]:
+    """Runs grouped by model family (preset), families in first-seen order, runs in paper order."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(run.family, []).append(run)
+    return {fam: sort_runs(members) for fam, members in groups.items()}
+
+
+def configuration_names(runs: Sequence) -> list[str]:
+    """Row names: the paper label, plus the run name when two runs of a family share a label."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.label] = counts.get(run.label, 0) + 1
+    return [run.label if counts[run.label] == 1 else f"{run.label} [{run.name}]" for run in runs]
+
+
+def baseline_run(runs: Sequence):
+    """The family's SM+LN+G run (the first one when several), or None."""
+    return next((r for r in runs if r.label == BASELINE), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _cost_columns(run, base, piece: str) -> dict[str, Any]:
+    c = cost_summary(run.pieces.get(piece))
+    b = cost_summary(base.pieces.get(piece)) if base is not None else cost_summary(None)
+    return {
+        GB: None if c["bytes"] is None else c["bytes"] / 1e9,
+        ROUNDS: c["rounds"],
+        LAN: c["lan"],
+        WAN: c["wan"],
+        SAVE_GB: savings(b["bytes"], c["bytes"]),
+        SAVE_LAN: savings(b["lan"], c["lan"]),
+        SAVE_WAN: savings(b["wan"], c["wan"]),
+    }
+
+
+def main_table(runs: Sequence, piece: str = "secure") -> pd.DataFrame:
+    """The paper-form table of one family: quality, overload and the costs of `piece`
+    ("secure": measured by secure-eval; "cost": predicted by the cost model)."""
+    base = baseline_run(runs)
+    base_ppl = _get(base.pieces.get("eval"), "ppl") if base is not None else None
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        ppl = _get(run.pieces.get("eval"), "ppl")
+        overload = _get(run.pieces.get("entropy"), "overload_fraction")
+        rows.append({
+            CONFIG: name,
+            PPL: ppl,
+            PPL_VS: percent_vs(base_ppl, ppl),
+            OVERLOAD: None if overload is None else 100.0 * overload,
+            **_cost_columns(run, base, piece),
+        })
+    return pd.DataFrame(rows, columns=list(MAIN_COLUMNS))
+
+
+def cost_table(runs: Sequence, piece: str = "cost") -> pd.DataFrame:
+    """Costs only (no quality columns): the cost model's predictions for one family."""
+    base = baseline_run(runs)
+    rows = [{CONFIG: name, **_cost_columns(run, base, piece)}
+            for name, run in zip(configuration_names(runs), runs, strict=True)]
+    return pd.DataFrame(rows, columns=[CONFIG, *COST_COLUMNS])
+
+
+def operator_table(runs: Sequence, piece: str = "secure", network: str = "wan") -> pd.DataFrame:
+    """Long table: per configuration and operator category, bytes, rounds and `network` latency,
+    and each category's share (%) of the configuration's total bytes and latency."""
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        res = run.pieces.get(piece)
+        if not res:
+            continue
+        ops = res["ops"]
+        lat = (res.get("network") or {}).get(network, {}).get("ops", {})
+        total_b = float(res["total"]["bytes"])
+        total_s = sum(float(lat.get(c, 0.0)) for c in CATEGORIES)
+        for cat in CATEGORIES:
+            rec = ops.get(cat, {})
+            b, s = float(rec.get("bytes", 0)), float(lat.get(cat, 0.0))
+            rows.append({
+                CONFIG: name, "category": cat, "bytes": b, "rounds": float(rec.get("rounds", 0)),
+                "WAN seconds": s,
+                "bytes (%)": 100.0 * b / total_b if total_b else None,
+                "WAN (%)": 100.0 * s / total_s if total_s else None,
+            })
+    return pd.DataFrame(rows, columns=[CONFIG, "category", "bytes", "rounds", "WAN seconds", "bytes (%)", "WAN (%)"])
+
+
+def operator_share_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """Categories as rows, one "bytes % / WAN %" column per configuration (for markdown)."""
+    if long.empty:
+        return pd.DataFrame(columns=["category"])
+    cells: dict[str, dict[str, str]] = {}
+    for _, r in long.iterrows():
+        cells.setdefault(r[CONFIG], {})[r["category"]] = f"{_fmt(r['bytes (%)'], '{:.1f}')} / {_fmt(r['WAN (%)'], '{:.1f}')}"
+    configs = list(dict.fromkeys(long[CONFIG]))
+    rows = [{"category": cat, **{f"{c} (bytes % / WAN %)": cells[c].get(cat, NA) for c in configs}}
+            for cat in CATEGORIES]
+    return pd.DataFrame(rows)
+
+
+def fidelity_table(runs: Sequence) -> pd.DataFrame:
+    """Secure-eval settings and fidelity per configuration (secure vs plaintext logits)."""
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        res = run.pieces.get("secure")
+        fid = (res or {}).get("fidelity") or {}
+        proto = (res or {}).get("protocol") or {}
+        rows.append({
+            CONFIG: name,
+            "protocol": proto.get("name") if isinstance(proto, dict) else proto,
+            "T": _get(res, "seq_len"),
+            "samples": _get(res, "samples"),
+            "top-1 agreement": fid.get("top1_agreement"),
+            "max |logit error|": fid.get("max_abs_logit_error"),
+            "mean |logit error|": fid.get("mean_abs_logit_error"),
+            "plain PPL": fid.get("plain_ppl"),
+            "secure PPL": fid.get("secure_ppl"),
+        })
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(value: Any, fmt: str | None) -> str:
+    if _is_missing(value):
+        return NA
+    if fmt is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if fmt == "{:d}":
+            return f"{int(value):d}"
+        return fmt.format(value)
+    return str(value)
+
+
+def formatted_rows(df: pd.DataFrame) -> list[list[str]]:
+    """Cell strings of `df` with the report's number formats; missing values as "n/a"."""
+    cols = list(df.columns)
+    long_name = {short: full for full, short in SHORT_NAMES.items()}
+    fmts = [FORMATS.get(c, FORMATS.get(long_name.get(c, ""))) for c in cols]
+    return [[_fmt(row[c], f) for c, f in zip(cols, fmts, strict=True)] for _, row in df.iterrows()]
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (numbers right-aligned)."""
+    cols = [str(c) for c in df.columns]
+    rows = formatted_rows(df)
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    align = ["---" if c in (CONFIG, "category", "protocol") else "--:" for c in cols]
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_rich(df: pd.DataFrame, title: str):
+    """A rich Table of `df` for the terminal."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for c in df.columns:
+        table.add_column(str(c), justify="left" if c in (CONFIG, "config", "category", "protocol") else "right",
+                         no_wrap=True)
+    for row in formatted_rows(df):
+        table.add_row(*row)
+    return table
+
+
+def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready records (NaN -> None)."""
+    out = []
+    for rec in df.to_dict(orient="records"):
+        out.append({k: (None if _is_missing(v) else (v.item() if hasattr(v, "item") else v)) for k, v in rec.items()})
+    return out
