@@ -206,9 +206,42 @@ def cost() -> None:
 
 
 @app.command()
-def report() -> None:
-    """Tables and figures across run directories."""
-    _not_built("report")
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run dirs written by `pi-lnfree train` (ckpt.pt, metrics.jsonl)."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.md, report.csv, tables/ and figures/."),
+    no_compute: bool = typer.Option(
+        False, "--no-compute", help="Only read results cached in the run dirs; mark the rest n/a with the reason."
+    ),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder for eval/entropy/secure tokens (default: each run's own)."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile for secure-eval and the cost model (default protocols/crypten-2pc-ttp.toml)."),
+    secure_seq_len: int = typer.Option(32, "--secure-seq-len", help="Tokens per sequence under secure-eval (0: skip secure-eval)."),
+    samples: int = typer.Option(1, "--samples", help="Validation sequences per run under secure-eval."),
+    cost_seq_len: Optional[int] = typer.Option(None, "--cost-seq-len", help="Sequence length for the cost model (default: the model's context; 0: skip)."),
+    eval_batch_size: int = typer.Option(16, "--eval-batch-size", help="Sequences per eval batch."),
+    eval_batches: Optional[int] = typer.Option(None, "--eval-batches", help="Eval on the first N batches only (default: the whole validation split)."),
+    entropy_batch_size: int = typer.Option(16, "--entropy-batch-size", help="Sequences per entropy batch."),
+    entropy_batches: int = typer.Option(8, "--entropy-batches", help="Entropy over the first N batches."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds a secure-eval party waits for its peer."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the tables as records) on stdout."),
+) -> None:
+    """Tables and figures across run directories: eval PPL, entropy overload, measured and
+    predicted private-inference cost, savings vs SM+LN+G, per-operator shares.
+
+    Results are cached in each run dir (eval.json, entropy.json, secure-PROTOCOL-T{T}.json,
+    cost-PROTOCOL-T{T}.json) and reused when their settings match.
+    """
+    from pi_lnfree.report import DEFAULT_PROTOCOL, ReportOptions, make_report
+
+    opts = ReportOptions(
+        data=data, compute=not no_compute, eval_batch_size=eval_batch_size, eval_batches=eval_batches,
+        entropy_batch_size=entropy_batch_size, entropy_batches=entropy_batches,
+        protocol=protocol or DEFAULT_PROTOCOL, secure_seq_len=secure_seq_len, samples=samples,
+        cost_seq_len=cost_seq_len, timeout_s=timeout,
+    )
+    command = "pi-lnfree " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else "pi-lnfree report"
+    result = make_report(run_dirs, out, opts, command=command)
+    console.print(f"wrote {result['report']}, {result['csv']} and {len(result['files']) - 2} tables/figures", soft_wrap=True)
+    emit(result, as_json)
 
 
 # ---------------------------------------------------------------------------------------------
