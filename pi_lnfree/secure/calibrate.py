@@ -1,0 +1,329 @@
+"""Calibrate the cost model: run every secure primitive at small shapes under real parties, fit.
+
+`calibrate(profile_path)` runs, in one launch of the two CrypTen parties (plus the TTP dealer when
+the profile asks for one), each `SecureOps` primitive at a designed set of shapes (`design`): many
+tiny shapes that pin down the byte and round coefficients exactly, and a few larger ones for the
+local-compute estimate. Each call is metered on its own (`Meter`, combined over both parties as
+secure-eval does), then `fit` regresses the measurements on the shape features of
+`pi_lnfree.secure.costmodel.features`: least squares for bytes and dealer bytes, integer
+coefficients for rounds and dealer requests, non-negative least squares for seconds. A kind whose
+bytes or rounds the features do not explain exactly is an error (the engine changed in a way the
+cost model does not know), never a silent approximation.
+
+`measure` runs arbitrary items (primitive calls, whole secure forwards of a config, single blocks)
+in one launch; tests and benchmarks use it to compare predictions with real runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pi_lnfree.errors import UserError
+from pi_lnfree.secure.costmodel import (
+    ACTIVATION_KINDS,
+    FIELD_GROUP,
+    GROUPS,
+    INTEGER_FIELDS,
+    Calibration,
+    KindFit,
+    calibration_path,
+    features,
+    max_schedule,
+    profile_knobs,
+)
+from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
+from pi_lnfree.secure.profile import ProtocolProfile, load_profile
+
+CLIENT, SERVER, DEALER = 0, 1, 2
+EXACT_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests")
+
+# Tiny shapes fix bytes and rounds exactly (cheap); larger, model-like shapes fix the seconds.
+_MATMUL_SHAPES = [(1, 2, 3), (2, 3, 2), (3, 2, 5), (2, 5, 4), (4, 3, 3), (1, 4, 2)]
+_HEAD_SHAPES = [(1, 2, 3), (2, 3, 2), (1, 5, 4), (3, 2, 2), (2, 4, 5)]
+_SOFTMAX_T = [2, 3, 4, 5, 7, 8, 11, 13, 17, 20, 23, 30]
+_TIMING: dict[str, list[dict[str, int]]] = {
+    "linear": [dict(T=64, i=128, o=512, bias=1), dict(T=128, i=768, o=768, bias=1)],
+    "embedding": [dict(T=64, V=512, d=128, pos=1), dict(T=32, V=4096, d=256, pos=1)],
+    "lm_head": [dict(T=64, d=128, V=512), dict(T=32, d=256, V=4096)],
+    "attention_scores": [dict(H=4, T=64, hd=32), dict(H=12, T=128, hd=64)],
+    "attention_mix": [dict(H=4, T=64, hd=32), dict(H=12, T=128, hd=64)],
+    "softmax": [dict(H=1, T=64), dict(H=1, T=128), dict(H=4, T=64), dict(H=12, T=128)],
+    "layernorm": [dict(T=64, d=256), dict(T=128, d=768)],
+    "activation": [dict(T=32, n=512), dict(T=128, n=1536)],
+    "other": [dict(n=4096), dict(n=65536), dict(n=262144)],
+}
+
+
+def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]]:
+    """The calibration points of `profile`: one item per (kind, shape). `timing=False` keeps only
+    the tiny shapes (exact bytes and rounds, no useful seconds): for tests."""
+    max_schedule(2, profile.max_method)  # refuses unsupported max methods up front
+    tiny: list[tuple[str, dict[str, int]]] = []
+    for T, i, o in _MATMUL_SHAPES:
+        tiny.append(("linear", dict(T=T, i=i, o=o, bias=(T + i) % 2)))
+        tiny.append(("embedding", dict(T=T, V=i + 2, d=o, pos=(T + o) % 2)))
+        tiny.append(("lm_head", dict(T=T, d=i, V=o + 1)))
+    for kind in ("attention_scores", "attention_mix"):
+        tiny += [(kind, dict(H=H, T=T, hd=hd)) for H, T, hd in _HEAD_SHAPES]
+    tiny += [("softmax", dict(H=1 + (T % 2), T=T)) for T in _SOFTMAX_T]
+    if profile.max_method == "pairwise":  # all-pairs max over >= 129 entries sums instead of multiplying
+        tiny += [("softmax", dict(H=1, T=129)), ("softmax", dict(H=1, T=131))]
+    tiny += [("layernorm", dict(T=T, d=d)) for T, d in [(1, 3), (2, 5), (3, 2), (4, 4), (2, 7)]]
+    kinds = [f"activation:{a}" for a in ACTIVATION_KINDS]
+    tiny += [(k, dict(T=T, n=n)) for k in kinds for T, n in [(1, 3), (2, 5), (3, 4)]]
+    tiny += [("other", dict(n=n)) for n in (3, 50)]
+    items = [{"type": "call", "kind": k, "dims": d, "repeat": 1} for k, d in tiny]
+    if timing:  # two repeats each: the faster one counts (the first call of a shape warms caches)
+        for kind in sorted({k for k, _ in tiny}):
+            for dims in _TIMING[kind.split(":")[0]]:
+                items.append({"type": "call", "kind": kind, "dims": dims, "repeat": 2})
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# inside the party processes
+
+
+def _share(shape, src: int, rank: int, scale: float = 0.5, positive: bool = False):
+    """Secret-share a tensor of `shape` held by party `src` (random values; costs ignore them)."""
+    import torch
+
+    from pi_lnfree.secure import crypten_compat
+
+    if rank == src:
+        t = torch.rand(shape) + 0.5 if positive else torch.randn(shape) * scale
+    else:
+        t = torch.zeros(shape)
+    return crypten_compat.cryptensor(t, src=src)
+
+
+def _run_call(ops, kind: str, dims: dict[str, int], rank: int):
+    """Share inputs of the right shapes (outside the meter), then run one metered primitive."""
+    g = dims.get
+    if kind == "embedding":
+        table = _share((g("V"), g("d")), SERVER, rank)
+        pos = _share((g("T"), g("d")), SERVER, rank) if g("pos") else None
+        x = _share((1, g("T"), g("V")), CLIENT, rank)
+        return lambda: ops.embedding(x, table, pos)
+    if kind in ("linear", "lm_head"):
+        n_in, n_out = (g("i"), g("o")) if kind == "linear" else (g("d"), g("V"))
+        w = _share((n_out, n_in), SERVER, rank).t()
+        x = _share((1, g("T"), n_in), CLIENT, rank)
+        if kind == "lm_head":
+            return lambda: ops.lm_head(x, w, reveal_to=CLIENT)
+        b = _share((n_out,), SERVER, rank) if g("bias") else None
+        return lambda: ops.linear(x, w, b)
+    if kind in ("attention_scores", "attention_mix"):
+        H, T, hd = g("H"), g("T"), g("hd")
+        v = _share((1, H, T, hd), CLIENT, rank)
+        if kind == "attention_scores":
+            k = _share((1, H, T, hd), CLIENT, rank)
+            return lambda: ops.attention_scores(v, k)
+        p = _share((1, H, T, T), CLIENT, rank, positive=True)
+        return lambda: ops.attention_mix(p, v)
+    if kind == "softmax":
+        s = _share((1, g("H"), g("T"), g("T")), CLIENT, rank, scale=2.0)
+        return lambda: ops.softmax(s)
+    if kind == "layernorm":
+        x = _share((1, g("T"), g("d")), CLIENT, rank)
+        gamma, beta = _share((g("d"),), SERVER, rank), _share((g("d"),), SERVER, rank)
+        return lambda: ops.layernorm(x, gamma, beta, 1e-5)
+    if kind.startswith("activation:"):
+        name = kind.split(":", 1)[1]
+        x = _share((1, g("T"), g("n")), CLIENT, rank, scale=2.0)
+        slope = _share((1,), SERVER, rank, scale=0.05)[0] if name == "learnable_leaky" else 0.01
+        return lambda: ops.activation(x, name, slope)
+    if kind == "other":
+        a, b = _share((g("n"),), CLIENT, rank), _share((g("n"),), CLIENT, rank)
+        return lambda: ops.other(lambda u, w: u + w, a, b)
+    raise ValueError(f"unknown primitive kind {kind!r}")
+
+
+def _run_model(item: dict[str, Any], profile, rank: int, stats):
+    """A whole secure forward (`forward`) or one block (`block`) of a config with random weights."""
+    import torch
+
+    from pi_lnfree.config import ModelConfig
+    from pi_lnfree.model import GPT
+    from pi_lnfree.secure.layers import SecureOps
+    from pi_lnfree.secure.meter import Meter
+    from pi_lnfree.secure.model import SecureGPT, share_tokens, share_weights
+
+    cfg = ModelConfig.from_dict(item["config"])
+    T = int(item["T"])
+    state = None
+    if rank == SERVER:
+        torch.manual_seed(int(item.get("seed", 0)))
+        state = GPT(cfg).state_dict()
+    weights = share_weights(cfg, state)
+    if item["type"] == "forward":
+        tokens = torch.randint(0, cfg.vocab_size, (T,)) if rank == CLIENT else None
+        x = share_tokens(tokens, T, cfg.vocab_size)
+    else:
+        x = _share((1, T, cfg.n_embd), CLIENT, rank)
+    meter = Meter(stats)
+    model = SecureGPT(cfg, weights, SecureOps(meter, profile))
+    with meter.span():
+        model.forward(x) if item["type"] == "forward" else model.block(int(item.get("layer", 0)), x)
+    return meter.state()
+
+
+def _stats() -> dict[str, float]:
+    from pi_lnfree.secure import crypten_compat
+
+    s, d = crypten_compat.comm_stats(), crypten_compat.dealer_stats()
+    return {"bytes": s["bytes"], "rounds": s["rounds"], "dealer_bytes": d["bytes"], "dealer_requests": d["rounds"]}
+
+
+def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Run every item (each `repeat` times); this party's meter states per item."""
+    from pi_lnfree.secure.layers import SecureOps
+    from pi_lnfree.secure.meter import Meter
+
+    out = []
+    for item in items:
+        states = []
+        if item["type"] == "call":
+            for _ in range(int(item.get("repeat", 1))):
+                meter = Meter(_stats)
+                fn = _run_call(SecureOps(meter, profile), item["kind"], item["dims"], rank)
+                with meter.span():
+                    fn()
+                states.append(meter.state())
+        else:
+            states.append(_run_model(item, profile, rank, _stats))
+        out.append(states)
+    return out
+
+
+def party_program(job) -> list[list[dict[str, Any]]] | None:
+    """`PartyJob.program` of a measuring run: run `job.payload` (the items); the client returns
+    the combined meter states per item and repeat, the server None."""
+    from pi_lnfree.secure import crypten_compat
+    from pi_lnfree.secure.meter import combine_parties
+
+    mine = _party_items(job.rank, job.profile, job.payload)
+    theirs = crypten_compat.exchange_json(mine if job.rank == SERVER else None, src=SERVER)
+    if job.rank != CLIENT:
+        return None
+    return [[combine_parties(c, s) for c, s in zip(cs, ss, strict=True)] for cs, ss in zip(mine, theirs, strict=True)]
+
+
+def measure(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: float = 120.0) -> list[list[dict]]:
+    """Run `items` in one launch of local parties; per item, the combined meter state of each
+    repeat (`{"ops", "span"}` as `meter.combine_parties` gives it).
+
+    Items: `{"type": "call", "kind", "dims", "repeat"}` (one primitive, see `design`),
+    `{"type": "forward", "config": dict, "T"}` (a secure forward with random weights and tokens)
+    or `{"type": "block", "config": dict, "T", "layer"}` (one block on a random shared input)."""
+    common = dict(profile=profile, timeout_s=timeout_s, master_port=free_port(),
+                  threads=max(1, (os.cpu_count() or 2) // 2), program=f"{__name__}:party_program", payload=items)
+    ranks = [CLIENT, SERVER] + ([DEALER] if profile.provider == "TTP" else [])
+    jobs = [PartyJob(rank=r, **{**common, "threads": 1} if r == DEALER else common) for r in ranks]
+    return launch_local(jobs, timeout_s)[CLIENT]
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting
+
+
+def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares by dropping the most negative coefficient until none is."""
+    active = list(range(a.shape[1]))
+    coef = np.zeros(a.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(a[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return coef
+
+
+def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], max_method: str) -> KindFit:
+    """Fit one kind's unit costs on `(dims, measured record)` points; raises `UserError` when the
+    features do not reproduce a measured byte or round count exactly."""
+    feats = [features(kind, dims, max_method) for dims, _ in points]
+    names = {g: list(feats[0][g]) for g in GROUPS}
+    rows = {g: np.asarray([[f[g][n] for n in names[g]] for f in feats], dtype=np.float64) for g in GROUPS}
+    coef: dict[str, list[float]] = {}
+    for fld, group in FIELD_GROUP.items():
+        a = rows[group]
+        y = np.asarray([rec[fld] for _, rec in points], dtype=np.float64)
+        scale = np.maximum(np.abs(a).max(axis=0), 1.0)
+        if fld == "seconds":
+            c = _nnls(a / scale, y) / scale
+        else:
+            c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
+            c = c / scale
+            if fld in INTEGER_FIELDS:
+                c = np.round(c)
+            resid = np.abs(a @ c - y)
+            tol = 1e-6 * np.maximum(np.abs(y), 1.0) + (0.0 if fld in INTEGER_FIELDS else 1e-3)
+            if (resid > tol).any():
+                bad = int(np.argmax(resid - tol))
+                raise UserError(
+                    f"calibration: the {fld} of {kind} at {points[bad][0]} ({y[bad]:g}) is not explained by the "
+                    f"shape features {names[group]} (fit gives {float(a[bad] @ c):g}); the secure engine changed "
+                    f"in a way the cost model does not know"
+                )
+        coef[fld] = [float(v) for v in c]
+    design = {g: rows[g].tolist() for g in ("size", "count")}
+    return KindFit(names, coef, design)
+
+
+def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[list[dict]]) -> Calibration:
+    """Per-kind fits of the measured calls (bytes/rounds from every repeat must agree)."""
+    by_kind: dict[str, list[tuple[dict[str, int], dict[str, float]]]] = {}
+    for item, states in zip(items, measured, strict=True):
+        if item["type"] != "call":
+            continue
+        recs = [s["ops"][_category(item["kind"])] for s in states]
+        for rec in recs[1:]:
+            if any(rec[f] != recs[0][f] for f in EXACT_FIELDS):
+                raise UserError(f"calibration: {item['kind']} at {item['dims']} cost differently on repeat")
+        best = dict(recs[0], seconds=min(r["seconds"] for r in recs))
+        by_kind.setdefault(item["kind"], []).append((item["dims"], best))
+    kinds = {k: fit_kind(k, pts, profile.max_method) for k, pts in by_kind.items()}
+    return Calibration(profile_knobs(profile), kinds)
+
+
+def _category(kind: str) -> str:
+    if kind.startswith("activation:"):
+        return "activation"
+    return "attention" if kind.startswith("attention_") else kind
+
+
+def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Measure and fit the unit costs of a profile; writes `<profile>.calibration.json` next to it
+    (or `out`). Returns a summary (the `pi-lnfree cost --calibrate --json` result)."""
+    from importlib.metadata import version
+
+    profile = load_profile(profile_path)
+    items = design(profile)
+    t0 = time.perf_counter()
+    measured = measure(profile, items, timeout_s)
+    cal = fit(profile, items, measured)
+    cal.meta = {
+        "profile": profile.name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count() or 1} CPUs",
+        "crypten": version("crypten"),
+        "torch": version("torch"),
+        "points": len(items),
+        "calibration_seconds": round(time.perf_counter() - t0, 1),
+        "command": f"pi-lnfree cost --calibrate {profile_path}",
+    }
+    path = Path(out) if out is not None else calibration_path(profile_path)
+    cal.save(path)
+    return {"profile": profile.name, "calibration": str(path), "kinds": sorted(cal.kinds), **cal.meta}
+
+
+__all__ = ["calibrate", "design", "fit", "fit_kind", "measure", "party_program"]

@@ -1,0 +1,468 @@
+"""Predicted secure-inference cost: calibrated per-primitive unit costs, composed over a model.
+
+CrypTen's communication depends only on tensor shapes and protocol knobs, never on values. The
+secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metered primitives of
+`pi_lnfree.secure.layers.SecureOps`, so its cost is the sum of the costs of those calls:
+
+1. `trace_forward(cfg, T)` lists the primitive calls of one forward pass, call for call as
+   `SecureGPT.forward` makes them (kind + shape dims).
+2. `features(kind, dims, max_method)` turns one call into shape features in three groups:
+   `size` (element counts: bytes and dealer bytes are linear in them), `count` (call constants
+   and reduction depths: rounds and dealer requests are linear in them) and `time` (elements and
+   multiply-adds: the local compute estimate). The softmax's row max follows CrypTen's algorithm:
+   `int(ln T)` pairwise compare-and-select halvings (`log_reduction`; none for `pairwise`), then
+   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels.
+3. A `Calibration` (one JSON file per protocol profile, `protocols/<profile>.calibration.json`,
+   made by `pi_lnfree.secure.calibrate`) holds, per kind, the coefficients of a least-squares
+   fit of measured per-call costs on those features, and the feature rows it was fitted on, so a
+   prediction outside their span is refused instead of extrapolated blindly.
+4. `predict` sums the calls per operator category and returns exactly the result of
+   `pi-lnfree secure-eval --json` (built by the same `evaluate.assemble_result`), without
+   fidelity, with `"predicted": true`. Bytes and rounds are exact up to the fit; seconds are an
+   estimate of local compute on the calibration machine; LAN/WAN latency uses the same network
+   model as secure-eval (`meter.network_estimate`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pi_lnfree.config import ModelConfig
+from pi_lnfree.errors import UserError
+from pi_lnfree.secure.meter import CATEGORIES, FIELDS, empty_ops
+from pi_lnfree.secure.profile import ProtocolProfile
+
+FORMAT = 1
+GROUPS = ("size", "count", "time")
+# which feature group each metered field is fitted on
+FIELD_GROUP = {"bytes": "size", "dealer_bytes": "size", "rounds": "count", "dealer_requests": "count",
+               "seconds": "time"}
+INTEGER_FIELDS = ("rounds", "dealer_requests")
+ACTIVATION_KINDS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
+SUPPORTED_MAX_METHODS = ("log_reduction", "pairwise")
+PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
+# profile fields that change costs: a calibration is valid only for the same values
+KNOBS = ("engine", "provider", "precision_bits", "fast_matmul", "gelu", "gelu_erf_clip", "layernorm_wide_range",
+         "max_method", "exp_iterations", "reciprocal_nr_iters", "sqrt_nr_iters", "erf_iterations",
+         "sigmoid_tanh_method")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One metered primitive call: its category, its kind (the primitive and, for activations,
+    which one) and the shape numbers its cost depends on."""
+
+    category: str
+    kind: str
+    dims: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def make(cls, category: str, kind: str, **dims: int) -> Call:
+        return cls(category, kind, tuple(sorted((k, int(v)) for k, v in dims.items())))
+
+    @property
+    def d(self) -> dict[str, int]:
+        return dict(self.dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# the calls of one forward pass (mirror of pi_lnfree.secure.model.SecureGPT)
+
+
+def _layernorm(T: int, d: int) -> Call:
+    return Call.make("layernorm", "layernorm", T=T, d=d)
+
+
+def _linear(T: int, n_in: int, n_out: int, bias: bool) -> Call:
+    return Call.make("linear", "linear", T=T, i=n_in, o=n_out, bias=int(bias))
+
+
+def trace_block(cfg: ModelConfig, T: int, layer: int) -> list[Call]:
+    """The primitive calls of `SecureGPT.block(layer, x)` for a sequence of T tokens."""
+    d, H, hd = cfg.n_embd, cfg.n_head, cfg.head_dim
+    norm = [_layernorm(T, d)] if cfg.norm == "layernorm" else []
+    attn = [_linear(T, d, 3 * d, cfg.bias), Call.make("other", "other", n=3 * T * d)]
+    if cfg.position == "rotary":
+        attn.append(Call.make("other", "other", n=2 * H * T * hd))
+    attn += [
+        Call.make("attention", "attention_scores", H=H, T=T, hd=hd),
+        Call.make("softmax", "softmax", H=H, T=T),
+        Call.make("attention", "attention_mix", H=H, T=T, hd=hd),
+        Call.make("other", "other", n=T * d),
+        _linear(T, d, d, cfg.bias),
+    ]
+    act = cfg.layer_activations()[layer]
+    mlp = [
+        _linear(T, d, cfg.ffn_dim, cfg.bias),
+        Call.make("activation", f"activation:{act}", T=T, n=cfg.ffn_dim),
+        _linear(T, cfg.ffn_dim, d, cfg.bias),
+    ]
+    if cfg.residual == "parallel":
+        return norm + attn + norm + mlp + [Call.make("other", "other", n=2 * T * d)]
+    add = [Call.make("other", "other", n=T * d)]
+    return norm + attn + add + norm + mlp + add
+
+
+def trace_forward(cfg: ModelConfig, T: int) -> list[Call]:
+    """The primitive calls of `SecureGPT.forward` on one sequence of T tokens (batch 1)."""
+    V, d = cfg.vocab_size, cfg.n_embd
+    calls = [Call.make("embedding", "embedding", T=T, V=V, d=d, pos=int(cfg.position == "learned"))]
+    for i in range(cfg.n_layer):
+        calls += trace_block(cfg, T, i)
+    if cfg.final_norm:
+        calls.append(_layernorm(T, d))
+    calls.append(Call.make("lm_head", "lm_head", T=T, d=d, V=V))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# shape features
+
+
+@dataclass(frozen=True)
+class MaxSchedule:
+    """How CrypTen's row max of length-T rows proceeds: `steps` compare-and-select halvings with
+    `tree_pairs` pairs per row in total, then an all-pairs max over `m` survivors."""
+
+    steps: int
+    tree_pairs: int
+    m: int
+
+    @property
+    def row_length(self) -> int:  # CrypTen treats a single survivor as a row of 2
+        return self.m if self.m > 1 else 2
+
+    @property
+    def sums(self) -> bool:
+        """True when the all-pairs max sums its comparisons instead of multiplying them."""
+        return self.row_length - 1 >= PAIRWISE_PROD_LIMIT
+
+    @property
+    def prod_levels(self) -> int:
+        """Sequential multiplications of CrypTen's `prod` tree over row_length - 1 factors."""
+        if self.sums:
+            return 0
+        k, levels = self.row_length - 1, 0
+        while k > 1:
+            k, levels = k // 2 + k % 2, levels + 1
+        return levels
+
+
+def max_schedule(T: int, method: str) -> MaxSchedule:
+    """The reduction schedule of `crypten_compat.row_max` for rows of length T."""
+    if method not in SUPPORTED_MAX_METHODS:
+        raise UserError(
+            f"the cost model supports max_method {' or '.join(SUPPORTED_MAX_METHODS)}, not {method!r}"
+        )
+    steps = int(math.log(T)) if method == "log_reduction" and T > 1 else 0
+    m, pairs = T, 0
+    for _ in range(steps):
+        pairs += m // 2
+        m = m // 2 + m % 2
+    return MaxSchedule(steps, pairs, m)
+
+
+def _matmul_features(n_x: int, n_w: int, n_y: int, macs: int) -> dict[str, dict[str, float]]:
+    return {
+        "size": {"x": n_x, "w": n_w, "y": n_y, "one": 1},
+        "count": {"one": 1},
+        "time": {"macs": macs, "operands": n_x + n_w, "y": n_y, "one": 1},
+    }
+
+
+def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict[str, float]]:
+    """Shape features of one call, by group (see the module docstring)."""
+    g = dims.get
+    if kind == "embedding":
+        return _matmul_features(g("T") * g("V"), g("V") * g("d"), g("T") * g("d"), g("T") * g("V") * g("d"))
+    if kind == "linear":
+        return _matmul_features(g("T") * g("i"), g("i") * g("o"), g("T") * g("o"), g("T") * g("i") * g("o"))
+    if kind == "lm_head":
+        return _matmul_features(g("T") * g("d"), g("d") * g("V"), g("T") * g("V"), g("T") * g("d") * g("V"))
+    if kind in ("attention_scores", "attention_mix"):
+        qkv, scores = g("H") * g("T") * g("hd"), g("H") * g("T") * g("T")
+        return {
+            "size": {"qkv": qkv, "scores": scores, "one": 1},
+            "count": {"one": 1},
+            "time": {"macs": scores * g("hd"), "qkv": qkv, "scores": scores, "one": 1},
+        }
+    if kind == "softmax":
+        T, rows = g("T"), g("H") * g("T")
+        s = max_schedule(T, max_method)
+        rl, pw = s.row_length, rows * s.m
+        pairs = pw * (rl - 1)
+        return {
+            "size": {"elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs, "pairs": pairs,
+                     "prod": 0 if s.sums else pw * (rl - 2), "survivors": pw, "sums": pw if s.sums else 0,
+                     "one": 1},
+            "count": {"one": 1, "steps": s.steps, "prod_levels": s.prod_levels, "sums": int(s.sums)},
+            "time": {"elements": rows * T, "tree": rows * s.tree_pairs, "pairs": pairs, "rows": rows, "one": 1},
+        }
+    if kind == "layernorm":
+        n = g("T") * g("d")
+        return {
+            "size": {"elements": n, "rows": g("T"), "width": g("d"), "one": 1},
+            "count": {"one": 1},
+            "time": {"elements": n, "rows": g("T"), "one": 1},
+        }
+    if kind.startswith("activation:"):
+        n = g("T") * g("n")
+        return {"size": {"elements": n, "one": 1}, "count": {"one": 1}, "time": {"elements": n, "one": 1}}
+    if kind == "other":
+        return {"size": {"elements": g("n"), "one": 1}, "count": {"one": 1}, "time": {"elements": g("n"), "one": 1}}
+    raise ValueError(f"unknown primitive kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration files
+
+
+def calibration_path(profile_path: str | Path) -> Path:
+    """Where the calibration of a profile lives: next to it, `<stem>.calibration.json`."""
+    p = Path(profile_path)
+    return p.with_name(p.stem + ".calibration.json")
+
+
+def profile_knobs(profile: ProtocolProfile) -> dict[str, Any]:
+    """The profile fields a calibration depends on."""
+    return {k: getattr(profile, k) for k in KNOBS}
+
+
+@dataclass
+class KindFit:
+    """Fitted unit costs of one primitive kind."""
+
+    features: dict[str, list[str]]  # group -> feature names (order of the coefficients)
+    coef: dict[str, list[float]]  # field -> coefficients
+    design: dict[str, list[list[float]]]  # group -> the feature rows the fit saw (size, count)
+
+    def check_span(self, kind: str, feats: dict[str, dict[str, float]]) -> None:
+        """Refuse a call whose size/count features are not combinations of the calibrated ones."""
+        for group in ("size", "count"):
+            rows = np.asarray(self.design[group], dtype=np.float64)
+            q = np.asarray([feats[group][n] for n in self.features[group]], dtype=np.float64)
+            scale = np.maximum(np.abs(rows).max(axis=0), 1.0)
+            coef, *_ = np.linalg.lstsq((rows / scale).T, q / scale, rcond=None)
+            resid = np.abs((rows / scale).T @ coef - q / scale).max(initial=0.0)
+            if resid > 1e-6 * max(1.0, float(np.abs(q / scale).max(initial=0.0))):
+                raise UserError(
+                    f"the calibration does not cover a {kind} call with {group} features "
+                    f"{dict(zip(self.features[group], q.tolist(), strict=True))}; recalibrate (pi-lnfree cost --calibrate)"
+                )
+
+
+@dataclass
+class Calibration:
+    """Per-kind unit costs of one protocol profile, measured on one machine."""
+
+    knobs: dict[str, Any]
+    kinds: dict[str, KindFit]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "knobs": self.knobs,
+            "meta": self.meta,
+            "kinds": {k: {"features": f.features, "coef": f.coef, "design": f.design} for k, f in self.kinds.items()},
+        }
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+        self.path = str(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no calibration at {path}")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise UserError(f"{path}: calibration format {data.get('format')!r}, expected {FORMAT}; recalibrate")
+            kinds = {k: KindFit(v["features"], v["coef"], v["design"]) for k, v in data["kinds"].items()}
+            return cls(dict(data["knobs"]), kinds, dict(data.get("meta", {})), str(path))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{path}: not a readable calibration file ({type(e).__name__}: {e})") from None
+
+    def check_profile(self, profile: ProtocolProfile) -> None:
+        """Refuse a calibration made with other cost-relevant knobs than `profile`'s."""
+        want = profile_knobs(profile)
+        diff = sorted(k for k in KNOBS if self.knobs.get(k) != want[k])
+        if diff:
+            pairs = ", ".join(f"{k}: calibrated {self.knobs.get(k)!r}, profile {want[k]!r}" for k in diff)
+            raise UserError(f"calibration {self.path} does not match profile {profile.name} ({pairs}); "
+                            f"run pi-lnfree cost --calibrate {profile.path or profile.name}")
+
+    def call_cost(self, call: Call) -> dict[str, float]:
+        """Predicted bytes, rounds, seconds and dealer traffic of one call."""
+        fit = self.kinds.get(call.kind)
+        if fit is None:
+            raise UserError(f"calibration {self.path} has no unit costs for {call.kind}; recalibrate")
+        feats = features(call.kind, call.d, self.knobs["max_method"])
+        fit.check_span(call.kind, feats)
+        out: dict[str, float] = {}
+        for fld, group in FIELD_GROUP.items():
+            x = [feats[group][n] for n in fit.features[group]]
+            value = float(np.dot(np.asarray(fit.coef[fld], dtype=np.float64), np.asarray(x, dtype=np.float64)))
+            # counters are whole numbers (bytes: multiples of 4 once both parties are halved)
+            out[fld] = float(max(round(value), 0)) if fld != "seconds" else max(value, 0.0)
+        return out
+
+
+def load_calibration(profile: ProtocolProfile, path: str | Path | None = None) -> Calibration:
+    """The calibration stored next to `profile` (or at `path`), checked against its knobs."""
+    if path is None:
+        if profile.path is None:
+            raise UserError(f"profile {profile.name} has no file; give the calibration path")
+        path = calibration_path(profile.path)
+        if not path.is_file():
+            raise UserError(f"profile {profile.path} is not calibrated: run pi-lnfree cost --calibrate {profile.path}")
+    cal = Calibration.load(path)
+    cal.check_profile(profile)
+    return cal
+
+
+# ---------------------------------------------------------------------------------------------
+# composition
+
+
+def predict_ops(calls: list[Call], cal: Calibration) -> dict[str, dict[str, float]]:
+    """Sum the predicted cost of `calls` per operator category (the meter's `ops` records)."""
+    ops = empty_ops()
+    counts = Counter(calls)
+    for call, n in counts.items():
+        cost = cal.call_cost(call)
+        rec = ops[call.category]
+        for fld in FIELD_GROUP:
+            rec[fld] += n * cost[fld]
+        rec["calls"] += n
+    return ops
+
+
+def predicted_state(calls: list[Call], cal: Calibration) -> dict[str, Any]:
+    """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it."""
+    ops = predict_ops(calls, cal)
+    span = {f: sum(ops[c][f] for c in CATEGORIES) for f in FIELDS}
+    return {"ops": ops, "span": span}
+
+
+def predict(
+    cfg: ModelConfig,
+    profile: ProtocolProfile,
+    seq_len: int,
+    cal: Calibration | None = None,
+    networks: dict | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Predicted cost of one secure forward of `seq_len` tokens: the `secure-eval` result shape
+    (no fidelity), with `"predicted": true`."""
+    import torch
+
+    from pi_lnfree.secure.evaluate import assemble_result
+    from pi_lnfree.secure.model import check_supported
+    from pi_lnfree.secure.profile import load_networks
+
+    t0 = time.perf_counter()
+    check_supported(cfg, profile, seq_len)
+    cal = cal if cal is not None else load_calibration(profile)
+    networks = networks if networks is not None else load_networks()
+    state = predicted_state(trace_forward(cfg, seq_len), cal)
+    client = {
+        "passes": [state],
+        "tokens": torch.zeros(1, seq_len, dtype=torch.long),
+        "tokens_source": "none needed: costs depend on shapes only",
+        "weight_sharing_seconds": None,
+    }
+    result = assemble_result(str(checkpoint) if checkpoint else None, cfg, profile, client, None, networks,
+                             "predicted (no parties run)", 0.0)
+    result.pop("fidelity", None)
+    result["checkpoint"] = str(checkpoint) if checkpoint else None
+    result["predicted"] = True
+    result["calibration"] = {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}}
+    result["seconds_note"] = ("seconds are an estimate of local compute on the calibration machine; "
+                              "bytes and rounds are exact predictions of CrypTen's traffic")
+    result["wall_seconds"] = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the `pi-lnfree cost` command
+
+
+def resolve_config(
+    checkpoint: str | Path | None,
+    preset: str | None,
+    variant: str | None,
+    vocab_size: int | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> ModelConfig:
+    """The model config to cost: a checkpoint's, or preset + variant (+ `model.KEY=VALUE` sets)."""
+    from pi_lnfree.config import make_config, parse_set
+
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, value = parse_set(item)
+        if not key.startswith("model."):
+            raise UserError(f"--set takes model.KEY=VALUE (a ModelConfig field), got {key!r}")
+        overrides[key[len("model."):]] = value
+    if checkpoint is not None:
+        if preset is not None or variant is not None or vocab_size is not None:
+            raise UserError("give either a checkpoint or --preset/--variant/--vocab-size, not both")
+        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
+
+        cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        return cfg.replace(**overrides) if overrides else cfg
+    if preset is None or variant is None:
+        raise UserError("give a checkpoint, or both --preset and --variant")
+    return make_config(preset, variant, 50257 if vocab_size is None else int(vocab_size), **overrides)
+
+
+def cost_table(result: dict[str, Any]):
+    """A rich table of a (predicted or measured) result: per category bytes, rounds, LAN and WAN."""
+    from rich.table import Table
+
+    net = result["network"]
+    title = (f"{result['variant']} - {result['protocol']['name']} - T={result['seq_len']}"
+             + (" (predicted)" if result.get("predicted") else ""))
+    table = Table(title=title)
+    for col in ("operator", "MB", "rounds", "compute s (est.)", *(f"{n.upper()} s" for n in net)):
+        table.add_column(col, justify="left" if col == "operator" else "right")
+    for cat in (*CATEGORIES, "total"):
+        rec = result["total"] if cat == "total" else result["ops"][cat]
+        lat = [net[n]["seconds"] if cat == "total" else net[n]["ops"][cat] for n in net]
+        table.add_row(cat, f"{rec['bytes'] / 1e6:,.2f}", f"{rec['rounds']:,.0f}", f"{rec['seconds']:.2f}",
+                      *(f"{v:,.2f}" for v in lat), style="bold" if cat == "total" else None)
+    return table
+
+
+__all__ = [
+    "Calibration",
+    "Call",
+    "KindFit",
+    "MaxSchedule",
+    "calibration_path",
+    "cost_table",
+    "features",
+    "load_calibration",
+    "max_schedule",
+    "predict",
+    "predict_ops",
+    "predicted_state",
+    "profile_knobs",
+    "resolve_config",
+    "trace_block",
+    "trace_forward",
+]
