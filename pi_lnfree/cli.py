@@ -196,9 +196,50 @@ def secure_eval() -> None:
 
 
 @app.command()
-def cost() -> None:
-    """Predict secure-inference cost from calibrated per-operator unit costs (no MPC run)."""
-    _not_built("cost")
+def cost(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint (only its config is used)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Shape preset instead of a checkpoint."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Variant with --preset (sm-ln-g, sm-r, ...)."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary with --preset (default 50257)."),
+    sets: list[str] = typer.Option([], "--set", help="Model override model.KEY=VALUE (e.g. model.final_norm=false)."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile TOML (calibrated)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence."),
+    calibrate: Optional[Path] = typer.Option(
+        None, "--calibrate", help="Calibrate this profile: small real secure runs, unit costs saved next to it."
+    ),
+    networks: Optional[Path] = typer.Option(None, "--networks", help="Network profiles (default protocols/networks.toml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Predict secure-inference cost from calibrated per-operator unit costs (no MPC run).
+
+    Bytes and rounds of CrypTen depend only on shapes and protocol knobs: they are predicted from
+    unit costs measured once per profile (`--calibrate PROFILE`, stored as
+    protocols/<profile>.calibration.json). Seconds are an estimate of local compute on the
+    calibration machine; LAN/WAN latency = compute + rounds x RTT + bytes / bandwidth.
+    Prints the JSON shape of `secure-eval` (without fidelity) with "predicted": true.
+    """
+    if calibrate is not None:
+        from pi_lnfree.secure.calibrate import calibrate as run_calibration
+
+        if checkpoint or preset or variant or protocol or seq_len:
+            raise UserError("--calibrate PROFILE takes no model, --protocol or --seq-len")
+        console.print(f"calibrating {calibrate}: small secure runs of every primitive (a few minutes)")
+        result = run_calibration(calibrate)
+        console.print(f"wrote {result['calibration']} ({result['points']} points, {result['calibration_seconds']} s)")
+        emit(result, as_json)
+        return
+    from pi_lnfree.secure import costmodel
+    from pi_lnfree.secure.profile import load_networks, load_profile
+
+    if protocol is None or seq_len is None:
+        raise UserError("give --protocol FILE and --seq-len T (or --calibrate PROFILE)")
+    cfg = costmodel.resolve_config(checkpoint, preset, variant, vocab_size, sets)
+    profile = load_profile(protocol)
+    result = costmodel.predict(cfg, profile, seq_len, networks=load_networks(networks),
+                               checkpoint=str(checkpoint) if checkpoint else None)
+    console.print(costmodel.cost_table(result))
+    console.print(result["seconds_note"], style="dim")
+    emit(result, as_json)
 
 
 # ---------------------------------------------------------------------------------------------
