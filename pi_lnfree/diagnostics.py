@@ -387,8 +387,12 @@ def run_dynamics(path: str | os.PathLike) -> dict[str, Any]:
         from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
         from pi_lnfree.config import variant_label, variant_name
 
-        cfg = config_from_checkpoint(load_checkpoint(ckpt), ckpt)
+        obj = load_checkpoint(ckpt)
+        cfg = config_from_checkpoint(obj, ckpt)
         dyn.update(variant=variant_name(cfg), label=variant_label(cfg), slope_labels=_slope_labels(cfg))
+        seq_len = (obj.get("meta") or {}).get("seq_len")  # the trainer logs entropy on whole sequences
+        if seq_len:
+            dyn["max_entropy"] = max_causal_entropy(int(seq_len))
     return dyn
 
 
@@ -418,13 +422,13 @@ def entropy_table(result: dict[str, Any]):
     """A rich Table per layer: mean/min/max headwise entropy and band shares."""
     from rich.table import Table
 
-    table = Table(title=f"headwise entropy, {result.get('label', '')} (Emax {result['emax']:.3f} nats, "
-                  f"max possible {result['max_entropy']:.3f})")
+    table = Table(title=f"headwise entropy (nats), {result.get('label', '')}: Emax {result['emax']:.3f}, "
+                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax")
     table.add_column("layer", justify="right")
     for name in ("mean", "min", "max"):
         table.add_column(name, justify="right")
     for key in BAND_KEYS:
-        table.add_column(f"{key}% Emax", justify="right")
+        table.add_column(f"{key}%", justify="right")
     for i, (row, bands) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
         stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
         table.add_row(str(i), *stats, *(f"{bands[k]:.0%}" for k in BAND_KEYS))
@@ -452,4 +456,4 @@ def write_dynamics_figure(dyn: dict[str, Any], out: str | os.PathLike) -> Path:
     if labels is None or len(labels) != n_slopes:
         labels = [f"slope {k}" for k in range(n_slopes)]
     return dynamics_figure(dyn["steps"], dyn["entropy_per_layer"], out, f"Training dynamics: {name}",
-                           dyn["slope_steps"], dyn["slopes"], labels)
+                           dyn["slope_steps"], dyn["slopes"], labels, max_entropy=dyn.get("max_entropy"))

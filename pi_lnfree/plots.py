@@ -109,6 +109,8 @@ def draw_lines_over_steps(
 ) -> None:
     """One line per column of `values` ([step][series]) against `steps`, with a legend."""
     v = np.asarray(values, dtype=np.float64).reshape(len(steps), -1)
+    if len(labels) != v.shape[1]:
+        raise ValueError(f"{len(labels)} labels for {v.shape[1]} series")
     colours = _series_colours(v.shape[1])
     for k in range(v.shape[1]):
         ax.plot(steps, v[:, k], marker="o" if len(steps) <= 30 else None, markersize=3,
@@ -129,12 +131,16 @@ def _series_colours(n: int) -> list:
 def dynamics_figure(
     steps: Sequence[int], entropy_per_layer: Sequence[Sequence[float]], out: str | os.PathLike, title: str,
     slope_steps: Sequence[int] = (), slopes: Sequence[Sequence[float]] = (), slope_labels: Sequence[str] | None = None,
+    max_entropy: float | None = None,
 ) -> Path:
-    """PNG of mean headwise entropy per layer over training steps, and, when the run has
-    learnable slopes, a second panel with the slopes over steps."""
+    """PNG of mean headwise entropy per layer over training steps (with the theoretical maximum
+    as a dashed line when given), and, when the run has learnable slopes, a second panel with
+    the slopes over steps."""
     has_slopes = len(slope_steps) > 0 and len(slopes) > 0
     fig, axes = new_figure(6.5 if not has_slopes else 11.0, 4.0, ncols=2 if has_slopes else 1)
     e = np.asarray(entropy_per_layer, dtype=np.float64)
+    if max_entropy is not None:
+        axes[0, 0].axhline(max_entropy, color="grey", linewidth=0.8, linestyle="--", label="max (uniform attention)")
     draw_lines_over_steps(axes[0, 0], steps, e, [f"layer {i}" for i in range(e.shape[1])], "entropy, mean over heads (nats)")
     axes[0, 0].set_title("headwise entropy per layer")
     if has_slopes:

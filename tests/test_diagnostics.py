@@ -143,7 +143,7 @@ def test_bands_by_hand_including_boundaries():
 def _fake_run(tmp_path: Path, variant: str = "sm-lrelu-global", entropy: bool = True) -> Path:
     run = tmp_path / f"run-{variant}"
     cfg = make_config("tiny", variant, vocab_size=V)
-    save_checkpoint(run / "ckpt.pt", GPT(cfg).state_dict(), cfg)
+    save_checkpoint(run / "ckpt.pt", GPT(cfg).state_dict(), cfg, meta={"seq_len": 64})
     lines = []
     for step in range(0, 50, 10):
         lines.append({"step": step, "tokens": step * 64, "loss": 5.0 - step / 100, "lr": 1e-3})
@@ -166,6 +166,7 @@ def test_dynamics_from_metrics(tmp_path):
     np.testing.assert_allclose(dyn["entropy_per_layer"], expected, atol=1e-12)
     assert dyn["slopes"] == [[pytest.approx(0.01 - s / 1000)] for s in dyn["steps"]]
     assert dyn["label"] == "SM+LLR(global)" and dyn["slope_labels"] == ["shared by all layers"]
+    assert dyn["max_entropy"] == pytest.approx(sum(math.log(i) for i in range(1, 65)) / 64)
     no_slopes = entropy_dynamics(read_metrics(_fake_run(tmp_path, "sm-r") / "metrics.jsonl"))
     assert no_slopes["slopes"] == [] and len(no_slopes["steps"]) == 5
 
