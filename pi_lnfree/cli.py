@@ -141,7 +141,8 @@ def eval_cmd(
     result = eval_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
     console.print(
         f"{result['label']} ({result['variant']}): loss {result['loss']:.4f}, ppl {result['ppl']:.4f} "
-        f"over {result['tokens']:,} tokens ({result['sequences']:,} sequences)"
+        f"over {result['tokens']:,} tokens ({result['sequences']:,} sequences)",
+        soft_wrap=True,
     )
     emit(result, as_json)
 
