@@ -324,6 +324,7 @@ def test_two_parties_identical_bytes_rounds_and_results_with_and_without_limbs(p
 
 
 def test_install_fast_matmul_is_reversible_and_respects_auto(monkeypatch):
+    from pi_lnfree.errors import UserError
     from pi_lnfree.secure import crypten_compat
 
     crypten = crypten_compat.get_crypten()
@@ -338,5 +339,14 @@ def test_install_fast_matmul_is_reversible_and_respects_auto(monkeypatch):
         assert crypten_compat.install_fast_matmul(True) is False and beaver.torch is torch
         monkeypatch.setattr(fm, "limbs_pay_off", lambda: True)
         assert crypten_compat.install_fast_matmul(True) is True and beaver.torch is not torch
+        monkeypatch.setenv(crypten_compat.FAST_MATMUL_ENV, "stock")
+        assert crypten_compat.install_fast_matmul(True) is False and beaver.torch is torch
+        monkeypatch.setattr(fm, "limbs_pay_off", lambda: False)
+        monkeypatch.setenv(crypten_compat.FAST_MATMUL_ENV, "limbs")
+        assert crypten_compat.install_fast_matmul(True) is True and beaver.torch is not torch
+        assert crypten_compat.install_fast_matmul(False) is False and beaver.torch is torch
+        monkeypatch.setenv(crypten_compat.FAST_MATMUL_ENV, "sometimes")
+        with pytest.raises(UserError, match="PI_LNFREE_FAST_MATMUL"):
+            crypten_compat.install_fast_matmul(True)
     finally:
         crypten_compat.install_fast_matmul(False)

@@ -77,6 +77,10 @@ _FAST_MATMUL_MODULES = (
     "crypten.mpc.provider.tfp_provider",
     "crypten.mpc.provider.ttp_provider",
 )
+# Override of the profile's `fast_matmul = true` for every process that inherits the
+# environment (parties and dealer): "auto" (default), "limbs" (always) or "stock" (never).
+FAST_MATMUL_ENV = "PI_LNFREE_FAST_MATMUL"
+_FAST_MATMUL_MODES = ("auto", "limbs", "stock")
 
 
 def install_fast_matmul(enabled: bool, *, force: bool = False) -> bool:
@@ -88,20 +92,27 @@ def install_fast_matmul(enabled: bool, *, force: bool = False) -> bool:
     tensors, CrypTen's CUDALongTensor) to the real torch. Results are bit-identical, so bytes,
     rounds and revealed values do not change; only local compute time does.
 
-    With `enabled` the limb path is installed only where it pays off: `fast_matmul.limbs_pay_off()`
-    times both on this machine once per process (some CPU builds of torch already multiply int64
-    matrices at float64 BLAS speed). `force=True` installs it regardless (benchmarks, tests).
-    `enabled=False` restores stock CrypTen. Returns whether the limb path is now installed.
-    Call it before forking parties, or in every party process (and in the TTP dealer's).
+    `enabled=False` restores stock CrypTen. With `enabled`, the mode comes from `force=True`
+    ("limbs") or the environment variable `PI_LNFREE_FAST_MATMUL` (see `FAST_MATMUL_ENV`);
+    in the default "auto" mode the limb path is installed only where it pays off:
+    `fast_matmul.limbs_pay_off()` times both once per process, because some CPU builds of
+    torch already multiply int64 matrices at float64 BLAS speed. Returns whether the limb path
+    is now installed. Call it in every party process (and the TTP dealer's), or before forking.
     """
     import importlib
 
     import torch
 
+    from pi_lnfree.errors import UserError
     from pi_lnfree.secure import fast_matmul
 
+    mode = "stock"
+    if enabled:
+        mode = "limbs" if force else os.environ.get(FAST_MATMUL_ENV, "auto").strip().lower() or "auto"
+        if mode not in _FAST_MATMUL_MODES:
+            raise UserError(f"{FAST_MATMUL_ENV} must be one of {_FAST_MATMUL_MODES}, got {mode!r}")
     get_crypten()
-    use_limbs = bool(enabled) and (force or fast_matmul.limbs_pay_off())
+    use_limbs = mode == "limbs" or (mode == "auto" and fast_matmul.limbs_pay_off())
     replacement = fast_matmul.torch_with_fast_matmul() if use_limbs else torch
     for name in _FAST_MATMUL_MODULES:
         importlib.import_module(name).torch = replacement
