@@ -29,6 +29,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, keep_until_step: int, tensorboard: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.latest: dict[str, Any] = {}  # the last loss / eval_loss / eval_ppl among the kept lines
         self._truncate(keep_until_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
@@ -52,6 +53,7 @@ class MetricsLog:
                 continue  # a line cut by a kill mid-write
             if isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step:
                 kept.append(line)
+                self.latest.update({k: rec[k] for k in ("loss", "eval_loss", "eval_ppl") if k in rec})
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         os.replace(tmp, self.path)

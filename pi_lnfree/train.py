@@ -231,8 +231,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         clip = self.recipe["optim.grad_clip"] or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        stats = all_reduce_sum(torch.stack([loss_acc / accum, grad_norm.float()]), rt)
-        loss_v, gnorm_v = (stats / torch.tensor([rt.world, 1.0], device=stats.device)).tolist()
+        # Mean loss over ranks; the grad norm is the same on every rank (gradients are all-reduced).
+        stats = all_reduce_sum(torch.stack([loss_acc / accum, grad_norm.float()]), rt) / rt.world
+        loss_v, gnorm_v = stats.tolist()
         finite = math.isfinite(loss_v) and (self.scaler is not None or math.isfinite(gnorm_v))
         if finite:
             if self.scaler is not None:  # the scaler itself skips steps whose fp16 grads overflowed
@@ -292,6 +293,8 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     keep = c.step if tr.resumed else -1  # a fresh start drops the history of a run killed before its first save
     log = MetricsLog(run_dir, keep_until_step=keep, tensorboard=t["tensorboard"]) if rt.is_main else None
     write = log.write if log is not None else (lambda rec: None)
+    if log is not None:
+        tr.last.update(log.latest)
     label = f"{variant_label(tr.cfg)} ({variant_name(tr.cfg)})"
     if rt.is_main:
         what = f"resuming at step {c.step}" if c.step else "training"

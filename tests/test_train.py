@@ -230,13 +230,14 @@ def test_resume_is_bit_exact_after_sigkill(data_dir, tmp_path):
 
 def test_resume_refuses_a_changed_recipe_and_reuse_of_a_run_dir(data_dir, tmp_path):
     run = tmp_path / "run"
-    train_command(TINY, tiny_sets(data_dir, "train.max_steps=2"), run)
+    first = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run)
     with pytest.raises(UserError, match="already holds a run"):
         train_command(TINY, tiny_sets(data_dir, "train.max_steps=2"), run)
     with pytest.raises(UserError, match=r"different recipe .*optim\.lr"):
-        train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "optim.lr=0.5"), run, resume=True)
+        train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "optim.lr=0.5", "train.log_interval=1"), run,
+                      resume=True)
     done = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run, resume=True)
-    assert done["steps"] == 2  # nothing left to do
+    assert done["steps"] == 2 and done["final_loss"] == first["final_loss"]  # nothing left to do
 
 
 def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, capsys):
@@ -276,6 +277,8 @@ def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
     a = [r["loss"] for r in records(one, "loss")]
     b = [r["loss"] for r in records(two, "loss")]
     assert b == pytest.approx(a, rel=1e-4)
+    gn = [[r["grad_norm"] for r in records(run, "grad_norm")] for run in (one, two)]
+    assert gn[1] == pytest.approx(gn[0], rel=1e-3)
     wa, wb = load_checkpoint(one / "ckpt.pt")["model"], load_checkpoint(two / "ckpt.pt")["model"]
     # Summation order differs between one and two processes; Adam turns the rounding of near-zero
     # gradients into updates of up to lr, so weights agree to ~1e-5 rather than to the bit.
