@@ -119,6 +119,35 @@ def test_shards_match_hand_computation_and_hash_split(small_data):
         assert m["text_bytes"][split] == sum(len(t.encode()) for t in split_texts)
 
 
+def test_tokenizer_is_trained_on_the_train_split_only(small_data):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [SMALL_FILES[k] for k in sorted(SMALL_FILES)]
+    reference = Tokenizer(models.BPE())
+    reference.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    reference.decoder = decoders.ByteLevel()
+    reference.train_from_iterator(
+        [t for t in texts if sha1_fraction(t) >= 0.25],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    assert (small_data / "tokenizer.json").read_text() == reference.to_str()
+
+
+def test_dir_source_glob_skips_hidden_folders(tmp_path, small_data):
+    root = write_files(tmp_path / "tree", {
+        "a/one.txt": SMALL_FILES["pkg/mod_10.py"], "two.txt": SMALL_FILES["pkg/mod_11.py"],
+        "three.py": SMALL_FILES["pkg/mod_12.py"], ".hidden/four.txt": SMALL_FILES["pkg/mod_13.py"],
+    })
+    assert [p.relative_to(root).as_posix() for p in list_files(root, "*.txt")] == ["a/one.txt", "two.txt"]
+    m = prepare(f"dir:{root}", tmp_path / "txt", tokenizer=small_data, seq_len=16, glob="*.txt",
+                valid_fraction=0.0)
+    assert m["files"]["train"] == 2
+    tok = load_data_folder(small_data).tokenizer()
+    expected = expected_shards(tok, [SMALL_FILES["pkg/mod_10.py"], SMALL_FILES["pkg/mod_11.py"]], 16, np.uint16)
+    np.testing.assert_array_equal(load_data_folder(tmp_path / "txt").train, expected)
+
+
 def test_no_chunk_crosses_two_files(small_data):
     folder = load_data_folder(small_data)
     tok = folder.tokenizer()
