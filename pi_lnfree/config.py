@@ -236,7 +236,16 @@ __all__ = [
 # data.dir: a relative path written in a recipe file is relative to that file's folder; a
 # relative path given with --set is relative to the current directory. Both are stored absolute.
 
-DATA_KEYS: dict[str, Any] = {"dir": ""}
+DATA_KEYS: dict[str, Any] = {
+    "dir": "",  # the prepared data folder
+    # When data.dir holds no prepared folder yet and a source is named, the trainer prepares it
+    # first with these arguments (as `pi-lnfree data prepare` would); otherwise they are unused.
+    "source": "",  # python-stdlib | dir:PATH | files:JSONL | hub:DATASET[,VALID]
+    "vocab_size": 0,  # BPE size to train (0: use data.tokenizer)
+    "tokenizer": "",  # a tokenizer.json (path or hub:REPO) instead of training one
+    "seq_len": 128,
+    "valid_fraction": 0.01,
+}
 TRAIN_KEYS: dict[str, Any] = {
     "max_steps": 0,  # optimizer steps; 0 -> from max_tokens, else from epochs
     "max_tokens": 0,  # token budget (trained positions); used when max_steps is 0
@@ -458,12 +467,18 @@ def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), 
     flat = _flatten(doc, where)
     for key, value in flat.items():
         _check_key(key, value, where)
-    if flat.get("data.dir") and base_dir is not None:
-        flat["data.dir"] = os.path.join(base_dir, os.path.expanduser(flat["data.dir"]))
+    paths = ("data.dir", "data.tokenizer")  # local paths: file-relative in a recipe, cwd-relative in --set
+
+    def is_local(key: str, value: Any) -> bool:
+        return key in paths and bool(value) and not str(value).startswith("hub:")
+
+    for key in paths:
+        if is_local(key, flat.get(key)) and base_dir is not None:
+            flat[key] = os.path.join(base_dir, os.path.expanduser(flat[key]))
     for item in sets:
         key, value = parse_set(item)
         _check_key(key, value, "--set")
-        flat[key] = os.path.expanduser(value) if key == "data.dir" else value
+        flat[key] = os.path.expanduser(value) if is_local(key, value) else value
     values: dict[str, Any] = {"model.preset": "cpu-small", "model.variant": "sm-ln-g"}
     for sec, keys in SECTIONS.items():
         values.update({f"{sec}.{name}": (list(v) if isinstance(v, list) else v) for name, v in keys.items()})
@@ -471,8 +486,9 @@ def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), 
     for key in ("train.epochs", "train.peak_flops", "optim.lr", "optim.weight_decay", "optim.beta1",
                 "optim.beta2", "optim.eps", "optim.grad_clip", "schedule.warmup_frac", "schedule.min_lr_frac"):
         values[key] = float(values[key])
-    if values["data.dir"]:
-        values["data.dir"] = os.path.abspath(values["data.dir"])
+    for key in paths:
+        if is_local(key, values[key]):
+            values[key] = os.path.abspath(values[key])
     _validate(values)
     cfg = TrainConfig(values)
     cfg.model_config(vocab_size=1)  # check preset, variant and model keys now, before any data is read

@@ -274,6 +274,18 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if math.isfinite(x) else str(x)
 
 
+def ensure_data(recipe: TrainConfig) -> None:
+    """Prepare data.dir from data.source when it holds no prepared folder yet."""
+    d = recipe.section("data")
+    if not d["source"] or (Path(d["dir"]) / "manifest.json").exists():
+        return
+    from pi_lnfree.data import prepare
+
+    console.print(f"preparing {d['dir']} from {d['source']} (data.source in the recipe)", highlight=False)
+    prepare(source=d["source"], out=Path(d["dir"]), vocab_size=d["vocab_size"] or None,
+            tokenizer=d["tokenizer"] or None, seq_len=d["seq_len"], valid_fraction=d["valid_fraction"])
+
+
 def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool = False) -> dict[str, Any]:
     """Train one run into `run_dir`; returns a summary dict (see `summary` keys)."""
     from rich.progress import TextColumn
@@ -283,6 +295,7 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     run_dir = Path(run_dir)
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data(recipe)
     barrier(rt)
     tr = Trainer(recipe, run_dir, rt, resume)
     t, c = tr.t, tr.c

@@ -228,6 +228,25 @@ def test_resume_is_bit_exact_after_sigkill(data_dir, tmp_path):
     print(f"killed after step {killed_at}, during a save: {during_save}")
 
 
+def test_recipe_prepares_missing_data_from_its_source(tmp_path):
+    import sysconfig
+
+    email = Path(sysconfig.get_paths()["stdlib"]) / "email"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY.read_text().replace("[model]", f"""[data]
+dir = "data/email"
+source = {json.dumps("dir:" + str(email))}
+vocab_size = 300
+seq_len = 32
+valid_fraction = 0.3
+
+[model]"""))
+    res = train_command(recipe, ["train.max_steps=2", "train.progress=false"], tmp_path / "run")
+    manifest = json.loads((tmp_path / "data" / "email" / "manifest.json").read_text())
+    assert (manifest["vocab_size"], manifest["seq_len"]) == (300, 32)
+    assert res["steps"] == 2 and load_checkpoint(tmp_path / "run" / "ckpt.pt")["config"]["block_size"] == 32
+
+
 def test_resume_refuses_a_changed_recipe_and_reuse_of_a_run_dir(data_dir, tmp_path):
     run = tmp_path / "run"
     first = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run)
