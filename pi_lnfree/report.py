@@ -12,7 +12,7 @@ RUN_DIR/cost-PROTOCOL-T{T}.json        `secure.costmodel.predict` (predicted MPC
 
 Each cache file is `{"format", "request", "result", "seconds"}`: `result` is exactly what the
 library function returned, `request` the settings and the checkpoint it was computed for (file
-name, size and training step). A cache is reused only when its request equals the current one;
+name, sha256 and training step). A cache is reused only when its request equals the current one;
 otherwise the piece is recomputed, or, with `compute=False`, reported as "n/a" with the reason.
 A piece whose computation fails with a clear error (e.g. a variant not supported under MPC) is
 also "n/a" with that error as the reason; the report lists every reason under its tables.
@@ -84,7 +84,7 @@ class RunResult:
     label: str
     config: Any  # ModelConfig
     data_dir: Path | None
-    identity: dict[str, Any] = field(default_factory=dict)  # checkpoint file, size, step
+    identity: dict[str, Any] = field(default_factory=dict)  # checkpoint file, sha256, step
     pieces: dict[str, dict | None] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # piece -> reason
     files: dict[str, str] = field(default_factory=dict)  # piece -> cache file
@@ -105,6 +105,16 @@ def _preset_of(cfg, meta: dict[str, Any]) -> str:
         if all(getattr(cfg, k) == v for k, v in shape.items() if k in ("n_layer", "n_head", "n_embd")):
             return name
     return f"custom-{cfg.n_layer}L-{cfg.n_head}H-d{cfg.n_embd}"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def open_run(run_dir: str | os.PathLike, data: Path | None = None) -> RunResult:
@@ -130,7 +140,7 @@ def open_run(run_dir: str | os.PathLike, data: Path | None = None) -> RunResult:
         family_title=f"{preset}: {cfg.n_layer} layers, {cfg.n_head} heads, d={cfg.n_embd}, "
                      f"context {cfg.block_size}, vocab {cfg.vocab_size:,}",
         variant=variant_name(cfg), label=variant_label(cfg), config=cfg, data_dir=data_dir,
-        identity={"file": ckpt_path.name, "bytes": ckpt_path.stat().st_size, "step": train.get("step")},
+        identity={"file": ckpt_path.name, "sha256": _sha256(ckpt_path), "step": train.get("step")},
     )
     return run
 

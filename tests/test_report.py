@@ -1,0 +1,167 @@
+"""`pi-lnfree report`: tables and figures from real run dirs (tiny preset, real trainer, real
+eval/entropy, the real cost model and one real two-party secure-eval)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pi_lnfree import tables as tb
+from pi_lnfree.report import ReportOptions, gather_piece, make_report, open_run
+
+REPO = Path(__file__).resolve().parents[1]
+TFP = REPO / "protocols" / "crypten-2pc-tfp.toml"
+VARIANTS = ("sm-ln-g", "sm-lrelu-layer")  # the baseline, and a run with learnable slopes (slope figure)
+
+
+def _options(**changes) -> ReportOptions:
+    base = dict(protocol=TFP, secure_seq_len=0, cost_seq_len=16, eval_batch_size=8, eval_batches=2,
+                entropy_batch_size=4, entropy_batches=1)
+    return ReportOptions(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory, data_dir) -> list[Path]:
+    """Two tiny runs trained for a few steps by the real trainer."""
+    from pi_lnfree.train import train_command
+
+    root = tmp_path_factory.mktemp("runs")
+    sets = [f"data.dir={data_dir}", "train.max_steps=6", "train.batch_size=4", "train.eval_interval=3",
+            "train.eval_batches=2", "train.entropy_interval=2", "train.ckpt_interval=3", "train.log_interval=2",
+            "train.progress=false"]
+    out = []
+    for v in VARIANTS:
+        train_command(REPO / "training" / "tiny.toml", [*sets, f"model.variant={v}"], root / v)
+        out.append(root / v)
+    return out
+
+
+@pytest.fixture(scope="module")
+def computed(run_dirs, tmp_path_factory):
+    """A report that computes eval, entropy and cost (secure-eval skipped: see the secure test)."""
+    out = tmp_path_factory.mktemp("report")
+    return make_report(run_dirs, out, _options(), show=False), out
+
+
+def _cache(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / name).read_text())["result"]
+
+
+def test_every_table_and_figure_file(computed):
+    summary, out = computed
+    for name in ("report.md", "report.csv", "report.json"):
+        assert (out / name).is_file()
+    for kind in ("main", "predicted", "operators", "operators-predicted", "fidelity"):
+        assert (out / "tables" / f"{kind}-tiny.csv").is_file()
+    figs = summary["figures"]["tiny"]
+    for kind in ("entropy heatmaps", "loss curves", "entropy dynamics", "slope dynamics", "operator costs (predicted)"):
+        assert Path(figs[kind]).is_file() and Path(figs[kind]).stat().st_size > 10_000, kind
+        assert f"]({Path(figs[kind]).relative_to(out).as_posix()})" in (out / "report.md").read_text()
+    assert figs["operator costs"] == "n/a: no secure results"  # secure-eval was skipped
+    for piece in ("eval", "entropy", "cost"):
+        for d in summary["missing"]:
+            assert piece not in summary["missing"][d]
+    assert all(m["secure"] == "skipped (--secure-seq-len 0)" for m in summary["missing"].values())
+
+
+def test_numbers_equal_their_json(computed, run_dirs):
+    summary, out = computed
+    main = pd.read_csv(out / "tables" / "main-tiny.csv")
+    pred = pd.read_csv(out / "tables" / "predicted-tiny.csv")
+    assert list(main[tb.CONFIG]) == ["SM+LN+G", "SM+LLR(layer)"]
+    for i, d in enumerate(run_dirs):
+        ev, ent, cost = _cache(d, "eval.json"), _cache(d, "entropy.json"), _cache(d, "cost-crypten-2pc-tfp-T16.json")
+        assert main.loc[i, tb.PPL] == ev["ppl"] and math.isclose(ev["ppl"], math.exp(ev["loss"]))
+        assert main.loc[i, tb.OVERLOAD] == 100.0 * ent["overload_fraction"]
+        assert pred.loc[i, tb.GB] == cost["total"]["bytes"] / 1e9
+        assert pred.loc[i, tb.ROUNDS] == cost["total"]["rounds"]
+        assert pred.loc[i, tb.LAN] == cost["network"]["lan"]["seconds"]
+        assert pred.loc[i, tb.WAN] == cost["network"]["wan"]["seconds"]
+        assert cost["predicted"] is True and cost["seq_len"] == 16
+    assert main[tb.GB].isna().all()  # no secure-eval: measured columns are n/a
+    # the JSON summary holds the same records
+    assert summary["tables"]["predicted-tiny"][1][tb.ROUNDS] == pred.loc[1, tb.ROUNDS]
+
+
+def test_savings_and_percentages_by_hand(computed, run_dirs):
+    _, out = computed
+    main = pd.read_csv(out / "tables" / "main-tiny.csv")
+    pred = pd.read_csv(out / "tables" / "predicted-tiny.csv")
+    base_ev, ev = _cache(run_dirs[0], "eval.json"), _cache(run_dirs[1], "eval.json")
+    base_c, c = (_cache(d, "cost-crypten-2pc-tfp-T16.json") for d in run_dirs)
+    assert main.loc[0, tb.PPL_VS] == 0.0
+    assert math.isclose(main.loc[1, tb.PPL_VS], (ev["ppl"] - base_ev["ppl"]) / base_ev["ppl"] * 100, rel_tol=1e-12)
+    assert pred.loc[0, tb.SAVE_GB] == 1.0
+    assert math.isclose(pred.loc[1, tb.SAVE_GB], base_c["total"]["bytes"] / c["total"]["bytes"], rel_tol=1e-12)
+    assert math.isclose(pred.loc[1, tb.SAVE_WAN], base_c["network"]["wan"]["seconds"] / c["network"]["wan"]["seconds"],
+                        rel_tol=1e-12)
+    # LN-free: no per-block LayerNorm, so the predicted bytes go down
+    assert pred.loc[1, tb.SAVE_GB] > 1.0
+    ops = pd.read_csv(out / "tables" / "operators-predicted-tiny.csv")
+    shares = ops.groupby(tb.CONFIG)[["bytes (%)", "WAN (%)"]].sum()
+    assert ((shares - 100.0).abs() < 1e-9).all().all()
+    ln = ops[(ops[tb.CONFIG] == "SM+LN+G") & (ops["category"] == "layernorm")].iloc[0]
+    assert math.isclose(ln["bytes (%)"], 100 * base_c["ops"]["layernorm"]["bytes"] / base_c["total"]["bytes"])
+
+
+def test_helpers_by_hand():
+    assert tb.savings(25.32, 9.44) == 25.32 / 9.44
+    assert tb.savings(None, 1.0) is None and tb.savings(1.0, 0.0) is None
+    assert math.isclose(tb.percent_vs(2.688, 2.936), 9.226, abs_tol=1e-3)  # the paper's SM+R row: +9.2%
+
+
+def test_no_compute_marks_missing_with_reasons(run_dirs, tmp_path):
+    fresh = tmp_path / "copy"
+    shutil.copytree(run_dirs[0], fresh)
+    for f in fresh.glob("*.json"):
+        f.unlink()
+    shutil.copy(run_dirs[1] / "eval.json", fresh / "eval.json")  # another run's cache: wrong checkpoint
+    summary = make_report([fresh], tmp_path / "out", _options(compute=False, secure_seq_len=8), show=False)
+    missing = summary["missing"][str(fresh)]
+    assert "computed with other settings" in missing["eval"] and "checkpoint" in missing["eval"]
+    assert missing["entropy"] == "--no-compute and no entropy.json"
+    assert missing["secure"] == "--no-compute and no secure-crypten-2pc-tfp-T8.json"
+    assert missing["cost"] == "--no-compute and no cost-crypten-2pc-tfp-T16.json"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| SM+LN+G | n/a | n/a | n/a | n/a |" in md and "--no-compute and no entropy.json" in md
+    assert sorted(f.name for f in fresh.glob("*.json")) == ["eval.json"]  # nothing computed or written
+
+
+@pytest.mark.slow
+def test_secure_eval_piece_in_the_tables(run_dirs, computed, tmp_path):
+    """One real two-party run (T=8) for the baseline; the other run's measured cost stays n/a."""
+    opts = _options(secure_seq_len=8)
+    run = open_run(run_dirs[0])
+    gather_piece("secure", run, opts)
+    assert run.pieces["secure"] is not None, run.missing
+    summary = make_report(run_dirs, tmp_path, _options(secure_seq_len=8, compute=False), show=False)
+    main = pd.read_csv(tmp_path / "tables" / "main-tiny.csv")
+    sec = _cache(run_dirs[0], "secure-crypten-2pc-tfp-T8.json")
+    assert sec["seq_len"] == 8 and sec["samples"] == 1
+    assert main.loc[0, tb.GB] == sec["total"]["bytes"] / 1e9 and main.loc[0, tb.ROUNDS] == sec["total"]["rounds"]
+    assert main.loc[0, tb.WAN] == sec["network"]["wan"]["seconds"] and main.loc[0, tb.SAVE_WAN] == 1.0
+    assert pd.isna(main.loc[1, tb.GB]) and pd.isna(main.loc[1, tb.SAVE_GB])
+    assert "no secure-crypten-2pc-tfp-T8.json" in summary["missing"][str(run_dirs[1])]["secure"]
+    fid = pd.read_csv(tmp_path / "tables" / "fidelity-tiny.csv")
+    assert fid.loc[0, "top-1 agreement"] == sec["fidelity"]["top1_agreement"]
+    assert Path(summary["figures"]["tiny"]["operator costs"]).is_file()
+
+
+def test_cli_json_and_bad_input(run_dirs, computed, tmp_path, capsys):
+    from pi_lnfree.cli import main
+
+    main(["report", *map(str, run_dirs), "--out", str(tmp_path / "r"), "--no-compute", "--protocol", str(TFP),
+          "--secure-seq-len", "0", "--cost-seq-len", "16", "--eval-batch-size", "8", "--eval-batches", "2",
+          "--entropy-batch-size", "4", "--entropy-batches", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert [r[tb.CONFIG] for r in out["tables"]["main-tiny"]] == ["SM+LN+G", "SM+LLR(layer)"]
+    assert out["tables"]["main-tiny"][0][tb.PPL] == _cache(run_dirs[0], "eval.json")["ppl"]
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path), "--out", str(tmp_path / "r2")])
+    assert e.value.code == 2
+    assert "has no ckpt.pt" in capsys.readouterr().err
