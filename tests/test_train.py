@@ -19,9 +19,10 @@ from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
 from pi_lnfree.config import load_recipe, parse_set, resolve_recipe
 from pi_lnfree.errors import UserError
+from pi_lnfree.runs import train_command
 from pi_lnfree.runtime import setup_runtime
 from pi_lnfree.schedule import LRSchedule
-from pi_lnfree.train import Trainer, TrainingStopped, train_command
+from pi_lnfree.train import Trainer, TrainingStopped
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "training" / "tiny.toml"
