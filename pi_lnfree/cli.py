@@ -111,7 +111,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Train a model from a recipe (TOML) into a run directory: ckpt.pt, best.pt, metrics.jsonl, recipe.toml."""
-    from pi_lnfree.train import train_command
+    from pi_lnfree.runs import train_command
 
     result = train_command(recipe, list(sets or []), out, resume=resume, matrix=matrix)
     runs = result["runs"] if "runs" in result else [result]
