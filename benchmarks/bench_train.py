@@ -45,7 +45,7 @@ def matmul_peak(threads: int, seconds: float = 1.0) -> dict:
     return {"peak_flops": max(best.values()), "by_size": {str(k): v for k, v in best.items()}}
 
 
-def ours(data: Path, batch: int, warmup: int, steps: int, threads: int) -> dict:
+def ours(data: Path, batch: int, warmup: int, steps: int, threads: int, compile: bool = False) -> dict:
     """Tokens/s of `Trainer.step` (the loop body of `pi-lnfree train`) after `warmup` steps."""
     import tempfile
 
@@ -54,7 +54,8 @@ def ours(data: Path, batch: int, warmup: int, steps: int, threads: int) -> dict:
     from pi_lnfree.train import Trainer
 
     recipe = load_recipe(str(RECIPE), [f"data.dir={json.dumps(str(data))}", f"train.batch_size={batch}",
-                                       f"train.max_steps={warmup + steps}", "train.progress=false"])
+                                       f"train.max_steps={warmup + steps}", "train.progress=false",
+                                       f"train.compile={'true' if compile else 'false'}"])
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(recipe, Path(tmp), setup_runtime("cpu", "fp32", threads), resume=False)
         for _ in range(warmup):
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile", action="store_true", help="also time our trainer with train.compile=true once")
     ap.add_argument("--json", type=Path, help="also write the results here")
     a = ap.parse_args()
     if not (a.data / "manifest.json").exists():
@@ -173,6 +175,11 @@ def main() -> None:
         "entropy_overhead": ent_s / (interval * step_s),
         "fused_adamw": rounds[0]["ours"]["fused_adamw"],
     }
+    if a.compile:
+        c = ours(a.data, a.batch, a.warmup, a.steps, a.threads, compile=True)
+        result["ours_compiled_tokens_per_s"] = c["tokens_per_s"]
+        result["ours_compiled_mfu"] = c["tokens_per_s"] * fpt / peak["peak_flops"]
+        result["ours_compiled_vs_hf"] = c["tokens_per_s"] / hf_tps
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))

@@ -69,8 +69,11 @@ def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, list[str
 
 
 def train_command(recipe: Path | None, sets: list[str], out: Path, resume: bool = False,
-                  matrix: Path | None = None) -> dict[str, Any]:
-    """`pi-lnfree train`: one run into `out`, or every run of `matrix` into `out/NAME`."""
+                  matrix: Path | None = None) -> dict[str, Any] | None:
+    """`pi-lnfree train`: one run into `out`, or every run of `matrix` into `out/NAME`.
+
+    Returns the run's summary (`{"runs": [...]}` for a matrix); None on torchrun ranks other than 0.
+    """
     from pi_lnfree.config import load_recipe
     from pi_lnfree.runtime import setup_runtime, shutdown_runtime
 
@@ -88,4 +91,6 @@ def train_command(recipe: Path | None, sets: list[str], out: Path, resume: bool 
         results = [run_training(r, d, rt, resume=resume) for d, r in plans]
     finally:
         shutdown_runtime(rt)
+    if not rt.is_main:
+        return None  # under torchrun only rank 0 reports
     return results[0] if matrix is None else {"runs": results}

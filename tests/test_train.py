@@ -288,12 +288,13 @@ def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
     train_command(TINY, sets, one)
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pi_lnfree.cli", "train", "--recipe", str(TINY), "--out", str(two)]
+           "-m", "pi_lnfree.cli", "train", "--recipe", str(TINY), "--out", str(two), "--json"]
     for s in [*sets, "train.batch_size=4"]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["steps"] == 4  # exactly one JSON object: rank 0 reports
     a = [r["loss"] for r in records(one, "loss")]
     b = [r["loss"] for r in records(two, "loss")]
     assert b == pytest.approx(a, rel=1e-4)
