@@ -114,6 +114,8 @@ def train(
     from pi_lnfree.runs import train_command
 
     result = train_command(recipe, list(sets or []), out, resume=resume, matrix=matrix)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     runs = result["runs"] if "runs" in result else [result]
     for r in runs:
         ppl = f", eval ppl {r['eval_ppl']:.3f}" if r.get("eval_ppl") else ""
