@@ -262,7 +262,7 @@ class Trainer:
     def entropy_record(self) -> dict[str, Any]:
         from pi_lnfree.diagnostics import headwise_entropy
 
-        with torch.no_grad(), self.rt.autocast():
+        with torch.no_grad():  # full precision: a few sequences, and bf16 probabilities would blur eq. 8
             ent = headwise_entropy(self.model, self.entropy_idx)
         return {"entropy": ent.tolist(), "slopes": self.model.slope_values()}
 
@@ -287,7 +287,12 @@ def ensure_data(recipe: TrainConfig) -> None:
 
 
 def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool = False) -> dict[str, Any]:
-    """Train one run into `run_dir`; returns a summary dict (see `summary` keys)."""
+    """Train one run into `run_dir` (resuming from its ckpt.pt when `resume`).
+
+    Returns a summary: run_dir, variant, label, steps, tokens, final_loss (last logged train
+    loss), eval_loss, eval_ppl, best_eval_loss, nonfinite_steps, slopes, seconds, tokens_per_s
+    (this session's training steps only), parameters.
+    """
     from rich.progress import TextColumn
 
     from pi_lnfree.progress import progress
