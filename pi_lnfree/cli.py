@@ -193,9 +193,50 @@ def entropy(
 
 
 @app.command("secure-eval")
-def secure_eval() -> None:
-    """Run a checkpoint under two real CrypTen parties and meter each operator."""
-    _not_built("secure-eval")
+def secure_eval(
+    checkpoint: Path = typer.Argument(
+        ..., help="A ckpt.pt or a run dir holding one. With --rank 0 it is only the plaintext reference "
+        "for fidelity ('-': none); with --rank 1 it holds the weights the server shares."
+    ),
+    protocol: Path = typer.Option(..., "--protocol", help="Protocol profile TOML (protocols/crypten-2pc-ttp.toml, ...)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default: 32, or the data folder's length)."),
+    samples: int = typer.Option(1, "--samples", help="Sequences evaluated securely (costs are per sequence, averaged)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder: the client's tokens are its first validation sequences (default: seeded random tokens)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds a party waits for a dead or absent peer before failing."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Run only this party here: 0 client, 1 server, 2 TTP dealer (default: all as local processes)."),
+    world_size: int = typer.Option(2, "--world-size", help="Parties (always 2; the TTP dealer is extra)."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host (rank 0's machine) with --rank."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous TCP port with --rank."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (shares on the GPU)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Run a checkpoint under two real CrypTen parties and meter each operator.
+
+    Threat model: two parties, semi-honest (they follow the protocol and try to learn from what
+    they see). The client (rank 0) holds the token ids; the server (rank 1) holds the weights.
+    Both inputs are additively secret-shared over Z_2^64 (16-bit fixed point); only the client
+    learns the output logits. Model shapes (the config) are public. Beaver triples come from the
+    profile's provider: TTP, a separate dealer process that must not collude with either party
+    (semi-honest; the shipped default), or TFP, where party 0 generates every triple and could
+    learn every secret: BENCHMARK ONLY, and marked so in the output.
+
+    Costs per operator category (embedding, linear, attention, softmax, layernorm, activation,
+    lm_head, other): bytes both parties send, communication rounds, local seconds, per sequence
+    and per token, with LAN/WAN latency estimates from protocols/networks.toml. Fidelity: secure vs
+    plaintext logits (max/mean abs error, top-1 agreement, perplexities).
+
+    Two machines: run `--rank 1` where the checkpoint is and `--rank 0` on the client's machine
+    (plus `--rank 2` for a TTP dealer), all with the same --master-addr/--master-port.
+    """
+    from pi_lnfree.secure.evaluate import print_result
+    from pi_lnfree.secure.evaluate import secure_eval as run_secure_eval
+
+    result = run_secure_eval(
+        checkpoint, protocol, seq_len=seq_len, samples=samples, data=data, timeout_s=timeout, rank=rank,
+        world_size=world_size, master_addr=master_addr, master_port=master_port, device=device,
+    )
+    print_result(result, console)
+    emit(result, as_json)
 
 
 @app.command()

@@ -12,6 +12,10 @@ CrypTen 0.4.1 (archived upstream) predates torch 2.x:
   that counts the parties' traffic; `init_party` wraps that request so the dealer's traffic is
   counted apart (`dealer_stats`) and never mixed into the two parties' online bytes.
 
+* `FixedPointEncoder.decode` divides negative values by `scale - 1` before flooring, so a value
+  just above a negative integer -k (within k units of 2^-16) decodes 1.0 too low: -3.99997 comes
+  out as -4.99997. `get_plain_text` opens and decodes with a plain division instead.
+
 Everything else in `pi_lnfree.secure` reaches CrypTen through `get_crypten()`.
 """
 
@@ -278,3 +282,21 @@ def exchange_json(obj: Any, src: int) -> Any:
         data = torch.empty(int(size.item()), dtype=torch.uint8)
     dist.broadcast(data, src, group=group)
     return json.loads(data.numpy().tobytes().decode())
+
+
+def as_fixed_point(bits, like):
+    """A comparison result (0/1 with integer encoding) re-encoded with `like`'s fixed-point scale,
+    so that public floats can multiply it (local: the shares are multiplied by the scale)."""
+    out = bits.clone()
+    out._tensor.encode_as_(like._tensor)
+    return out
+
+
+def get_plain_text(x, dst: int | None = None):
+    """Open a CrypTensor (to party `dst` only, or to both) and decode it exactly: the ring value
+    divided by the fixed-point scale in float64 (CrypTen 0.4.1's decode is wrong for some
+    negative values). Returns a float32 tensor, or None on a party that is not `dst`."""
+    ring = x._tensor.reveal(dst=dst) if dst is not None else x._tensor.reveal()
+    if ring is None:
+        return None
+    return (ring.double() / x.encoder.scale).float()

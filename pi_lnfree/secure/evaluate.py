@@ -286,7 +286,9 @@ def secure_eval(
 
 def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, on_start, t0):
     from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.diagnostics import resolve_checkpoint
 
+    checkpoint = resolve_checkpoint(checkpoint)
     plain_model, _ = load_model(checkpoint, "cpu")
     cfg = plain_model.config
     tokens, source = make_tokens(spec, cfg)
@@ -314,6 +316,10 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
         raise UserError(f"--rank must be one of {ranks} with provider {profile.provider}, got {rank}")
     if master_port is None:
         raise UserError("--master-port is required with --rank")
+    if rank == SERVER:
+        from pi_lnfree.diagnostics import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
     job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,
                    master_port=int(master_port), device=device, threads=os.cpu_count() or 1,
                    checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec)
@@ -332,4 +338,41 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
                            time.perf_counter() - t0)
 
 
-__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "secure_eval"]
+def print_result(result: dict[str, Any], console) -> None:
+    """Human output (stderr console): per-operator table, totals, fidelity, security line."""
+    if "ops" not in result:
+        console.print(f"{result['role']} (rank {result['rank']}) done in {result['wall_seconds']:.1f} s")
+        return
+    from rich.table import Table
+
+    from pi_lnfree.secure.meter import CATEGORIES
+
+    net = result["network"]
+    table = Table(title=f"{result['variant']} under {result['protocol']['name']}, T={result['seq_len']} "
+                        f"(per sequence, mean of {result['samples']})")
+    for col in ("operator", "MB sent", "rounds", "local s", "LAN s", "WAN s", "% bytes"):
+        table.add_column(col, justify="left" if col == "operator" else "right")
+    total_bytes = result["total"]["bytes"] or 1.0
+    rows = [(c, result["ops"][c], net["lan"]["ops"][c], net["wan"]["ops"][c]) for c in CATEGORIES]
+    rows.append(("total", result["total"], net["lan"]["seconds"], net["wan"]["seconds"]))
+    for name, op, lan, wan in rows:
+        table.add_row(name, f"{op['bytes'] / 1e6:,.2f}", f"{op['rounds']:,.0f}", f"{op['seconds']:.3f}",
+                      f"{lan:.3f}", f"{wan:.2f}", f"{100 * op['bytes'] / total_bytes:.1f}")
+    console.print(table)
+    pt = result["per_token"]
+    console.print(f"per token: {pt['bytes'] / 1e6:,.3f} MB, {pt['rounds']:.1f} rounds, {pt['seconds']:.3f} s local")
+    if result["total"]["dealer_bytes"]:
+        console.print(f"TTP dealer traffic (preprocessing, not in the totals): "
+                      f"{result['total']['dealer_bytes'] / 1e6:,.2f} MB in {result['total']['dealer_requests']:,.0f} requests")
+    fid = result["fidelity"]
+    if fid:
+        ppl = ""
+        if fid["plain_ppl"] is not None:
+            ppl = f", ppl plain {fid['plain_ppl']:.4g} / secure {fid['secure_ppl']:.4g}"
+        console.print(f"fidelity: max |logit error| {fid['max_abs_logit_error']:.3g}, mean {fid['mean_abs_logit_error']:.3g}, "
+                      f"top-1 agreement {fid['top1_agreement']:.4f}{ppl}")
+    style = "bold red" if result["benchmark_only"] else "green"
+    console.print(f"[{style}]security: {result['security']}[/{style}]")
+
+
+__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "print_result", "secure_eval"]

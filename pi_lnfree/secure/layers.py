@@ -3,9 +3,12 @@
 The functions in the first half are pure maths on encrypted tensors (no metering); each mirrors
 a piece of `pi_lnfree.model`:
 
-* `layernorm`: mean, centred square, mean (variance), `inv_sqrt(var + eps)`, affine. CrypTen's
-  `inv_sqrt` (exp initial guess + Newton) is accurate for a variance in about [0.1, 100] with
-  3 iterations; `wide=True` spends one comparison to rescale variances above 64 by 1/256.
+* `layernorm`: mean, centred square, mean (variance), `inv_sqrt(var + eps)`, affine. By default
+  `inv_sqrt_ranged`: one batched comparison against 32 powers of two gives an initial guess
+  within a factor 2^(1/4) for any variance in [2^-16, 2^16], then Newton steps. CrypTen's own
+  `inv_sqrt` (exp initial guess + Newton, profile `layernorm_inv_sqrt = "crypten"`) is accurate
+  only for a variance in about [0.1, 100] with 3 iterations, which misses the small variances
+  of embeddings (~0.01); `wide=True` spends one comparison to rescale variances above 64.
 * `activation`: ReLU as `x * (x >= 0)`; fixed leaky ReLU `relu(x) + s (x - relu(x))` with the
   public slope s (no extra communication); learnable leaky ReLU the same with the server's secret
   slope (one extra multiplication); GELU in the erf form through one of three profile methods
@@ -42,12 +45,22 @@ WIDE_THRESHOLD = 64.0  # layernorm_wide_range: variances above this are scaled b
 # pure secure maths
 
 
-def layernorm(x, gamma, beta, eps: float, wide: bool = False):
-    """LayerNorm over the last dim; `gamma`/`beta` may be CrypTensors or None (no affine)."""
+def layernorm(x, gamma, beta, eps: float, wide: bool = False, method: str = "ranged", iterations: int = 3):
+    """LayerNorm over the last dim; `gamma`/`beta` may be CrypTensors or None (no affine).
+
+    `method="ranged"` (default): `inv_sqrt_ranged` (accurate for variances in [2^-16, 2^16]);
+    `"crypten"`: CrypTen's `inv_sqrt` ([0.1, 100] with 3 iterations; `wide` adds one comparison
+    to extend it upwards by 256x).
+    """
     mu = x.mean(-1, keepdim=True)
     xc = x - mu
     var = xc.square().mean(-1, keepdim=True) + eps
-    inv = inv_sqrt_wide(var) if wide else var.inv_sqrt()
+    if method == "ranged":
+        inv = inv_sqrt_ranged(var, iterations)
+    elif method == "crypten":
+        inv = inv_sqrt_wide(var) if wide else var.inv_sqrt()
+    else:
+        raise ValueError(f"unknown inv_sqrt method {method!r}")
     y = xc * inv
     if gamma is not None:
         y = y * gamma
@@ -56,8 +69,33 @@ def layernorm(x, gamma, beta, eps: float, wide: bool = False):
     return y
 
 
+RANGED_EXPONENTS = tuple(range(-15, 17))  # thresholds 2^e of inv_sqrt_ranged
+
+
+def inv_sqrt_ranged(v, iterations: int = 3):
+    """1/sqrt(v) for v in [2^-16, 2^16] (positive): a range-finding initial guess, then Newton.
+
+    One batched comparison of v against the 32 public thresholds 2^e locates v within a factor 2;
+    the guess 2^(-(e+1/2)/2) of that interval is a public linear combination of the comparison
+    bits, within a factor 2^(1/4) of the answer, so 3 Newton steps y <- y (3 - v y^2) / 2 reach a
+    relative error ~ 4e-5 (plus fixed-point resolution 2^-16 / y).
+    """
+    crypten = crypten_compat.get_crypten()
+    K = len(RANGED_EXPONENTS)
+    view = (K,) + (1,) * v.dim()
+    thresholds = torch.tensor([2.0 ** e for e in RANGED_EXPONENTS], device=v.device).view(view)
+    bits = crypten.stack([v] * K) >= thresholds  # bits[k] = v >= 2^e_k, one comparison round
+    bits = crypten_compat.as_fixed_point(bits, v)
+    guesses = [2.0 ** (-(e + 0.5) / 2) for e in (RANGED_EXPONENTS[0] - 1, *RANGED_EXPONENTS)]
+    steps = torch.tensor([guesses[k + 1] - guesses[k] for k in range(K)], device=v.device).view(view)
+    y = (bits * steps).sum(0) + guesses[0]
+    for _ in range(iterations):
+        y = y * (3.0 - (v * y) * y) * 0.5  # (v y) y keeps precision for large v, unlike v y^2
+    return y
+
+
 def inv_sqrt_wide(v):
-    """1/sqrt(v) with one comparison extending CrypTen's domain upwards by a factor 256."""
+    """CrypTen's 1/sqrt(v) with one comparison extending its domain upwards by a factor 256."""
     big = v > WIDE_THRESHOLD  # secret 0/1 (integer encoding: multiply secrets by it, not floats)
     scaled = v + (v * big).mul(1.0 / 256 - 1.0)
     y = scaled.inv_sqrt()
@@ -208,7 +246,9 @@ class SecureOps:
     def layernorm(self, x, gamma, beta, eps: float):
         """`layernorm`: LayerNorm over the last dim."""
         with self.meter.op("layernorm"):
-            return layernorm(x, gamma, beta, eps, wide=self.profile.layernorm_wide_range)
+            p = self.profile
+            return layernorm(x, gamma, beta, eps, wide=p.layernorm_wide_range, method=p.layernorm_inv_sqrt,
+                             iterations=p.sqrt_nr_iters)
 
     def activation(self, x, name: str, slope=None):
         """`activation`: the FFN nonlinearity of one layer."""
@@ -219,7 +259,7 @@ class SecureOps:
     def lm_head(self, x, weight_t, reveal_to: int = 0):
         """`lm_head`: logits = x @ W^T, opened to the client only (the opening is counted here)."""
         with self.meter.op("lm_head"):
-            return x.matmul(weight_t).get_plain_text(dst=reveal_to)
+            return crypten_compat.get_plain_text(x.matmul(weight_t), dst=reveal_to)
 
     def other(self, fn, *args):
         """`other`: residual additions, rotary positions, head split/merge (local maths)."""
@@ -236,6 +276,7 @@ __all__ = [
     "gelu_erf",
     "gelu_sigmoid",
     "gelu_tanh_formula",
+    "inv_sqrt_ranged",
     "inv_sqrt_wide",
     "layernorm",
     "leaky_relu",

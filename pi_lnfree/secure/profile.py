@@ -17,7 +17,8 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
     [approximations]
     gelu = "tanh"               # erf-GELU computed via: "erf" | "tanh" | "sigmoid"
     gelu_erf_clip = 2.5         # "erf": |x| beyond this uses relu(x) (Taylor erf diverges)
-    layernorm_wide_range = false  # one extra comparison widens inv_sqrt's domain 256x
+    layernorm_inv_sqrt = "ranged"  # "ranged" (variance in [2^-16, 2^16]) or "crypten" ([0.1, 100])
+    layernorm_wide_range = false  # "crypten" only: one extra comparison widens the domain 256x
     max_method = "log_reduction"  # CrypTen softmax max: log_reduction | pairwise | ...
     exp_iterations = 8
     reciprocal_nr_iters = 10
@@ -39,6 +40,7 @@ from pi_lnfree.errors import UserError
 
 PROVIDERS = ("TTP", "TFP")
 GELU_METHODS = ("erf", "tanh", "sigmoid")
+INV_SQRT_METHODS = ("ranged", "crypten")
 MAX_METHODS = ("log_reduction", "double_log_reduction", "accelerated_cascade", "pairwise")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 # approximations keys passed verbatim to crypten.cfg.functions
@@ -64,6 +66,7 @@ class ProtocolProfile:
     fast_matmul: bool = True
     gelu: str = "tanh"
     gelu_erf_clip: float = 2.5
+    layernorm_inv_sqrt: str = "ranged"
     layernorm_wide_range: bool = False
     max_method: str = "log_reduction"
     exp_iterations: int = 8
@@ -106,6 +109,10 @@ class ProtocolProfile:
         check(8 <= self.precision_bits <= 24, f"precision_bits must be in [8, 24], got {self.precision_bits}")
         check(self.gelu in GELU_METHODS, f"gelu must be one of {GELU_METHODS}, got {self.gelu!r}")
         check(self.gelu_erf_clip > 0, "gelu_erf_clip must be positive")
+        check(
+            self.layernorm_inv_sqrt in INV_SQRT_METHODS,
+            f"layernorm_inv_sqrt must be one of {INV_SQRT_METHODS}, got {self.layernorm_inv_sqrt!r}",
+        )
         check(self.max_method in MAX_METHODS, f"max_method must be one of {MAX_METHODS}, got {self.max_method!r}")
         check(
             self.sigmoid_tanh_method in SIGMOID_TANH_METHODS,
@@ -119,7 +126,7 @@ class ProtocolProfile:
 _SECTIONS = {
     "protocol": ("name", "description", "engine", "provider", "precision_bits", "fast_matmul"),
     "approximations": (
-        "gelu", "gelu_erf_clip", "layernorm_wide_range", *_CRYPTEN_FUNCTION_KEYS,
+        "gelu", "gelu_erf_clip", "layernorm_inv_sqrt", "layernorm_wide_range", *_CRYPTEN_FUNCTION_KEYS,
     ),
 }
 
