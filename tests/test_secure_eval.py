@@ -201,3 +201,17 @@ def test_unsupported_variant_is_refused(tmp_path):
         secure_eval(ckpt, TTP, seq_len=8)
     proc = _cli("secure-eval", str(ckpt), "--protocol", TTP, "--seq-len", "8")
     assert proc.returncode == 2 and "not supported under MPC" in " ".join(proc.stderr.split())
+
+
+def test_check_supported_refuses_switches_the_engine_lacks():
+    from pi_lnfree.errors import UserError
+    from pi_lnfree.secure.model import check_supported
+
+    profile = load_profile(TTP)
+    cfg = make_config("tiny", "sm-r", vocab_size=64)
+    check_supported(cfg, profile, 16)
+    cfg.norm = "rmsnorm"  # a switch value a future plaintext model might have
+    with pytest.raises(NotSupportedUnderMPC, match="norm='rmsnorm': not supported under MPC"):
+        check_supported(cfg, profile)
+    with pytest.raises(UserError, match="--seq-len 200"):
+        check_supported(make_config("tiny", "sm-r", vocab_size=64), profile, 200)
