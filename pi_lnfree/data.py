@@ -338,7 +338,7 @@ def _skipped(stats: ReadStats) -> str:
 
 def describe(manifest: dict[str, Any]) -> str:
     """One human line about a prepared folder."""
-    c, t = manifest["chunks"], manifest["tokens"]
-    return (f"{manifest['files']['train']}+{manifest['files']['valid']} files, "
-            f"{t['train']:,}+{t['valid']:,} tokens, {c['train']:,} train / {c['valid']:,} valid chunks "
-            f"of {manifest['seq_len']}, vocab {manifest['vocab_size']:,}")
+    f, t, c = manifest["files"], manifest["tokens"], manifest["chunks"]
+    return (f"train {f['train']:,} files / {t['train']:,} tokens / {c['train']:,} chunks, "
+            f"valid {f['valid']:,} / {t['valid']:,} / {c['valid']:,}; "
+            f"seq_len {manifest['seq_len']}, vocab {manifest['vocab_size']:,}")
