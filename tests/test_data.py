@@ -484,3 +484,13 @@ def test_hub_tokenizer_unreachable_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(UserError, match="cannot fetch tokenizer.json of 'someone/tok' from the hub"):
         prepare("python-stdlib", tmp_path / "o", tokenizer="hub:someone/tok")
+
+
+def test_unreachable_hub_dataset_is_one_line_exit_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "pi_lnfree.cli", "data", "prepare", "--source",
+                           "hub:someone/no-such-dataset", "--vocab-size", "300", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load dataset 'someone/no-such-dataset': ")
