@@ -50,6 +50,11 @@ class ReadStats:
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
+    @property
+    def records(self) -> int:
+        """Records read so far, kept or skipped."""
+        return self.documents + sum(self.skipped.values())
+
 
 @dataclass
 class Source:

@@ -210,7 +210,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
                 pending_bytes[split] += len(text.encode("utf-8"))
                 if pending_bytes[split] >= ENCODE_BATCH_BYTES:
                     flush(split)
-                bar.advance(task)
+                bar.update(task, completed=stats.records)
             for split in SPLITS:
                 flush(split)
     except BaseException:
@@ -228,7 +228,7 @@ def _train_tokenizer(source, vocab_size: int, valid_fraction: float, limit_bytes
 
         def texts():
             for _, text in iter_documents(source, valid_fraction, stats, limit_bytes, splits=("train",)):
-                bar.advance(task)
+                bar.update(task, completed=stats.records)
                 yield text
             bar.update(task, description="learning BPE merges")
 
