@@ -67,9 +67,15 @@ def main() -> None:
     ap.add_argument("--variants", default="sm-ln-g,sm-r")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--name", default="secure_gpt2_block", help="Output stem: NAME.md and NAME.json.")
+    ap.add_argument("--from-json", help="Only re-render the markdown from a saved NAME.json.")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        (out / f"{args.name}.md").write_text(markdown(results, args) + "\n")
+        return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants.split(","):
@@ -80,7 +86,7 @@ def main() -> None:
             print(f"{variant}: {time.perf_counter() - t0:.1f} s wall, {r['total']['bytes'] / 1e6:,.1f} MB",
                   file=sys.stderr)
             results[variant] = r
-    stem = f"secure_gpt2_block_{Path(args.protocol).stem}_T{args.seq_len}"
+    stem = args.name
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, args) + "\n")
     print(json.dumps({v: {"total": r["total"], "wall_seconds": r["wall_seconds"]} for v, r in results.items()}))
@@ -98,7 +104,9 @@ def markdown(results: dict, args) -> str:
         "One layer of d=768, 12 heads, FFN 3072, learned positions, tied head; vocabulary "
         f"{args.vocab} (embedding and LM head are small next to the block). Bytes: sent by both parties "
         "together for one forward pass; rounds: communicator calls; local s: wall time of each operator "
-        "here; LAN/WAN: local s + rounds x RTT + bytes / bandwidth (protocols/networks.toml).",
+        "here; LAN/WAN: local s + rounds x RTT + bytes / bandwidth (protocols/networks.toml). Bytes and "
+        "rounds are exact and machine-independent; local seconds depend on the machine and its load "
+        "(this run shared its 2 cores with other jobs).",
     ]
     for variant, r in results.items():
         fid = r["fidelity"]
@@ -109,6 +117,21 @@ def markdown(results: dict, args) -> str:
             f"Fidelity vs plaintext: max |logit error| {fid['max_abs_logit_error']:.3g}, "
             f"top-1 agreement {fid['top1_agreement']:.3f}.",
         ]
+    if "sm-ln-g" in results and "sm-r" in results:
+        base, lnfree = results["sm-ln-g"], results["sm-r"]
+        parts += ["", "## SM+R vs SM+LN+G (same block)", "",
+                  "| quantity | SM+LN+G | SM+R | change |", "|---|---:|---:|---:|"]
+        rows = [("MB sent", base["total"]["bytes"] / 1e6, lnfree["total"]["bytes"] / 1e6),
+                ("rounds", base["total"]["rounds"], lnfree["total"]["rounds"]),
+                ("LAN s (estimate)", base["network"]["lan"]["seconds"], lnfree["network"]["lan"]["seconds"]),
+                ("WAN s (estimate)", base["network"]["wan"]["seconds"], lnfree["network"]["wan"]["seconds"])]
+        for c in ("layernorm", "activation"):
+            rows.append((f"{c} MB", base["ops"][c]["bytes"] / 1e6, lnfree["ops"][c]["bytes"] / 1e6))
+            rows.append((f"{c} rounds", base["ops"][c]["rounds"], lnfree["ops"][c]["rounds"]))
+        for name, a, b in rows:
+            parts.append(f"| {name} | {a:,.2f} | {b:,.2f} | {100 * (b - a) / a:+.1f}% |")
+        parts += ["", "The LN-free model keeps only the final LayerNorm (1 call instead of 3); ReLU replaces "
+                  "GELU's tanh formula (one comparison instead of a comparison, exp and reciprocal)."]
     return "\n".join(parts)
 
 
