@@ -331,3 +331,26 @@ def make_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike, opts:
     opts = opts or ReportOptions()
     runs = gather(list(run_dirs), opts)
     return write_outputs(runs, Path(out), opts, command, show=show)
+
+
+def preset_cost_runs(preset: str, variants: list[str], seq_len: int, protocol: str | os.PathLike,
+                     vocab_size: int) -> list[RunResult]:
+    """Cost-model predictions for paper-scale shapes without checkpoints: one pseudo-run per
+    variant of `preset` (context `seq_len`, `vocab_size`), its `cost` piece filled by
+    `secure.costmodel.predict`; the tables of `pi_lnfree.tables` apply unchanged."""
+    from pi_lnfree.config import make_config, variant_label
+    from pi_lnfree.secure.costmodel import predict
+    from pi_lnfree.secure.profile import load_profile
+
+    profile = load_profile(protocol)
+    runs = []
+    for v in variants:
+        cfg = make_config(preset, v, vocab_size=vocab_size, block_size=seq_len)
+        runs.append(RunResult(
+            run_dir=Path(f"{preset}/{v}"), name=v, family=f"{preset}-T{seq_len}",
+            family_title=f"{preset}: {cfg.n_layer} layers, {cfg.n_head} heads, d={cfg.n_embd}, T={seq_len}, "
+                         f"vocab {vocab_size:,}",
+            variant=v, label=variant_label(cfg), config=cfg, data_dir=None,
+            pieces={"cost": predict(cfg, profile, seq_len)},
+        ))
+    return runs

@@ -225,3 +225,21 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
     }
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
+
+
+def write_cost_tables(groups: list[list], md_path: Path, csv_path: Path, header: list[str]) -> pd.DataFrame:
+    """Markdown + CSV of cost-model tables for several families (e.g. `report.preset_cost_runs`
+    for GPT-2-small and Pythia-70M at two sequence lengths): per family, the cost table with
+    savings vs SM+LN+G and the per-operator shares. Returns the combined long CSV table."""
+    lines = list(header)
+    frames = []
+    for runs in groups:
+        cost = tb.cost_table(runs, "cost")
+        ops = tb.operator_table(runs, "cost")
+        lines += [f"## {runs[0].family_title}", "", tb.to_markdown(cost), "",
+                  "Share of bytes / WAN latency per operator (%):", "", _share_markdown(ops, "cost"), ""]
+        frames.append(cost.assign(family=runs[0].family))
+    table = pd.concat(frames, ignore_index=True)
+    Path(md_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table.to_csv(csv_path, index=False)
+    return table

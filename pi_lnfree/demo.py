@@ -1,0 +1,163 @@
+"""`make demo` (`python -m pi_lnfree.demo`): the whole flow on this machine's CPU in minutes.
+
+1. prepare a small data folder from the Python standard library (byte-level BPE, vocab 2048);
+2. train the paper's four configurations (SM+LN+G, SM+LN+R, SM+G, SM+R) with the CPU recipe
+   (`training/cpu.toml`, cpu-small: 4 layers, 4 heads, d=128) for a short run each;
+3. for each: eval perplexity, headwise entropy, a secure-eval under two real CrypTen parties (TTP
+   dealer, T=32) and the cost model's prediction at the full context (T=128);
+4. write the report (tables, figures) to reports/demo/ and print the main table.
+
+Everything is reused when the demo runs again: the data folder, finished runs (an interrupted run
+resumes), and the cached results in each run dir. Each stage is timed; the times are printed and
+written to reports/demo/timings.json. Work folders: .demo/ (data and runs), reports/demo/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pi_lnfree.errors import UserError
+from pi_lnfree.progress import console
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("sm-ln-g", "sm-ln-r", "sm-g", "sm-r")
+DEFAULTS: dict[str, Any] = {
+    "work": REPO / ".demo",
+    "out": REPO / "reports" / "demo",
+    "vocab_size": 2048,
+    "limit_mb": 5.0,
+    "steps": 120,
+    "batch_size": 16,
+    "secure_seq_len": 32,
+    "protocol": REPO / "protocols" / "crypten-2pc-ttp.toml",
+}
+
+
+def prepare_data(work: Path, vocab_size: int, limit_mb: float) -> Path:
+    """The demo's data folder (reused when already prepared with the same arguments)."""
+    from pi_lnfree.data import describe, prepare
+
+    folder = work / "data" / f"stdlib-{vocab_size}"
+    manifest = prepare("python-stdlib", folder, vocab_size=vocab_size, seq_len=128, valid_fraction=0.02,
+                       limit_mb=limit_mb)
+    console.print(("reused " if manifest["reused"] else "prepared ") + f"{folder}: {describe(manifest)}",
+                  highlight=False)
+    return folder
+
+
+def _finished_step(run_dir: Path) -> int | None:
+    """The training step of a run dir's ckpt.pt, or None when there is none."""
+    from pi_lnfree.checkpoint import load_checkpoint
+
+    ckpt = run_dir / "ckpt.pt"
+    if not ckpt.is_file():
+        return None
+    return int((load_checkpoint(ckpt).get("train") or {}).get("step", 0))
+
+
+def train_variant(variant: str, data: Path, vocab_size: int, run_dir: Path, steps: int, batch_size: int) -> str:
+    """Train one configuration with training/cpu.toml; returns "reused", "resumed" or "trained"."""
+    from pi_lnfree.runs import train_command
+
+    sets = [f"data.dir={data}", f"data.vocab_size={vocab_size}", f"model.variant={variant}", f"train.max_steps={steps}",
+            f"train.batch_size={batch_size}", f"train.eval_interval={max(steps // 3, 1)}",
+            f"train.ckpt_interval={max(steps // 3, 1)}", f"train.entropy_interval={max(steps // 6, 1)}",
+            "train.log_interval=5"]
+    recipe = REPO / "training" / "cpu.toml"
+    done = _finished_step(run_dir)
+    if done == steps:
+        return "reused"
+    if done is not None:
+        try:
+            train_command(recipe, sets, run_dir, resume=True)
+            return "resumed"
+        except UserError as e:  # a run made with other settings: start it again
+            console.print(f"[yellow]{run_dir}: cannot resume ({e}); training it again", highlight=False)
+        shutil.rmtree(run_dir)
+    train_command(recipe, sets, run_dir)
+    return "trained"
+
+
+def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int, batch_size: int,
+             secure_seq_len: int, protocol: Path) -> dict[str, Any]:
+    """All stages; returns {"timings": {stage: seconds}, "runs": [...], "report": summary}."""
+    from pi_lnfree.data import load_data_folder
+    from pi_lnfree.report import PIECES, ReportOptions, gather_piece, make_report, open_run
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def stage(name: str, fn, *args):
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        return result
+
+    data = stage("1/4 prepare data", prepare_data, work, vocab_size, limit_mb)
+    run_dirs = [work / "runs" / v for v in VARIANTS]
+    status = {}
+    for i, (v, d) in enumerate(zip(VARIANTS, run_dirs, strict=True)):
+        status[v] = stage(f"2/4 train {v} ({i + 1}/{len(VARIANTS)}, {steps} steps)", train_variant, v, data,
+                          vocab_size, d, steps, batch_size)
+    n_valid = int(load_data_folder(data).manifest["chunks"]["valid"])
+    opts = ReportOptions(data=data, eval_batch_size=16, eval_batches=None, entropy_batch_size=16,
+                         entropy_batches=max(1, min(4, n_valid // 16)), protocol=protocol, secure_seq_len=secure_seq_len, samples=1,
+                         cost_seq_len=None)
+    runs = [open_run(d, data) for d in run_dirs]
+    names = {"eval": "eval", "entropy": "entropy", "secure": f"secure-eval T={secure_seq_len}", "cost": "cost model"}
+    for piece in PIECES:
+        def compute_all(piece=piece):
+            for run in runs:
+                gather_piece(piece, run, opts)
+        stage(f"3/4 {names[piece]} (4 runs)", compute_all)
+    command = "python -m pi_lnfree.demo"
+    summary = stage("4/4 report", make_report, run_dirs, out, opts, command)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    result = {"timings": timings, "training": status, "report": summary["report"],
+              "missing": summary["missing"], "settings": {
+                  "vocab_size": vocab_size, "limit_mb": limit_mb, "steps": steps, "batch_size": batch_size,
+                  "secure_seq_len": secure_seq_len, "protocol": str(protocol)}}
+    (Path(out) / "timings.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    _print_timings(timings)
+    console.print(f"report: {summary['report']} (figures in {Path(out) / 'figures'})", highlight=False)
+    return result
+
+
+def _print_timings(timings: dict[str, float]) -> None:
+    from rich.table import Table
+
+    table = Table(title="demo stages (wall seconds)")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for name, sec in timings.items():
+        table.add_row(name, f"{sec:.1f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: the defaults are what `make demo` runs."""
+    p = argparse.ArgumentParser(prog="python -m pi_lnfree.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=DEFAULTS["work"], help="data and run dirs (default .demo/)")
+    p.add_argument("--out", type=Path, default=DEFAULTS["out"], help="report folder (default reports/demo/)")
+    p.add_argument("--vocab-size", type=int, default=DEFAULTS["vocab_size"])
+    p.add_argument("--limit-mb", type=float, default=DEFAULTS["limit_mb"], help="MB of stdlib source to use")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps per configuration")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--secure-seq-len", type=int, default=DEFAULTS["secure_seq_len"])
+    p.add_argument("--protocol", type=Path, default=DEFAULTS["protocol"])
+    a = p.parse_args(argv)
+    try:
+        run_demo(a.work, a.out, a.vocab_size, a.limit_mb, a.steps, a.batch_size, a.secure_seq_len, a.protocol)
+    except UserError as e:
+        console.print(f"[red]error:[/red] {' '.join(str(e).split())}", highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
