@@ -25,6 +25,7 @@ secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metere
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -49,10 +50,8 @@ INTEGER_FIELDS = ("rounds", "dealer_requests")
 ACTIVATION_KINDS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
 SUPPORTED_MAX_METHODS = ("log_reduction", "pairwise")
 PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
-# profile fields that change costs: a calibration is valid only for the same values
-KNOBS = ("engine", "provider", "precision_bits", "fast_matmul", "gelu", "gelu_erf_clip", "layernorm_wide_range",
-         "max_method", "exp_iterations", "reciprocal_nr_iters", "sqrt_nr_iters", "erf_iterations",
-         "sigmoid_tanh_method")
+# profile fields that do not change costs; every other field is a knob a calibration is tied to
+NOT_KNOBS = ("name", "description", "path")
 
 
 @dataclass(frozen=True)
@@ -232,8 +231,8 @@ def calibration_path(profile_path: str | Path) -> Path:
 
 
 def profile_knobs(profile: ProtocolProfile) -> dict[str, Any]:
-    """The profile fields a calibration depends on."""
-    return {k: getattr(profile, k) for k in KNOBS}
+    """The profile fields a calibration depends on (all but name, description and path)."""
+    return {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name not in NOT_KNOBS}
 
 
 @dataclass
@@ -300,9 +299,9 @@ class Calibration:
     def check_profile(self, profile: ProtocolProfile) -> None:
         """Refuse a calibration made with other cost-relevant knobs than `profile`'s."""
         want = profile_knobs(profile)
-        diff = sorted(k for k in KNOBS if self.knobs.get(k) != want[k])
+        diff = sorted(k for k in set(want) | set(self.knobs) if self.knobs.get(k) != want.get(k))
         if diff:
-            pairs = ", ".join(f"{k}: calibrated {self.knobs.get(k)!r}, profile {want[k]!r}" for k in diff)
+            pairs = ", ".join(f"{k}: calibrated {self.knobs.get(k)!r}, profile {want.get(k)!r}" for k in diff)
             raise UserError(f"calibration {self.path} does not match profile {profile.name} ({pairs}); "
                             f"run pi-lnfree cost --calibrate {profile.path or profile.name}")
 
