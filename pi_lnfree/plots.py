@@ -158,7 +158,10 @@ def dynamics_figure(
 
 
 def _panel_grid(n: int, max_cols: int = 4) -> tuple[int, int]:
-    cols = min(n, max_cols)
+    """(rows, cols) for n panels: as square as possible, at most max_cols columns."""
+    import math
+
+    cols = min(n if n <= 3 else math.ceil(math.sqrt(n)), max_cols)
     return (n + cols - 1) // cols, cols
 
 
