@@ -146,13 +146,16 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
             "DISTRIBUTED_BACKEND": "gloo",
         }
     )
+    if rank >= world_size:
+        return  # the TTP dealer: `run_dealer` (CrypTen's TTPServer) initializes itself
     crypten.init()
     if crypten.mpc.ttp_required() and rank == 0:
         _meter_dealer_requests()
 
 
 def run_dealer() -> None:
-    """Serve triples as the TTP dealer until party 0 says it is done (blocks)."""
+    """Serve triples as the TTP dealer until party 0 says it is done (blocks; call after
+    `init_party` with the dealer's rank)."""
     crypten = get_crypten()
     crypten.mpc.provider.TTPServer()
 
