@@ -429,22 +429,13 @@ def resolve_config(
     return make_config(preset, variant, 50257 if vocab_size is None else int(vocab_size), **overrides)
 
 
-def cost_table(result: dict[str, Any]):
-    """A rich table of a (predicted or measured) result: per category bytes, rounds, LAN and WAN."""
-    from rich.table import Table
+def print_prediction(result: dict[str, Any], console) -> None:
+    """Human output: secure-eval's per-operator table, then what is predicted and from what."""
+    from pi_lnfree.secure.evaluate import print_result
 
-    net = result["network"]
-    title = (f"{result['variant']} - {result['protocol']['name']} - T={result['seq_len']}"
-             + (" (predicted)" if result.get("predicted") else ""))
-    table = Table(title=title)
-    for col in ("operator", "MB", "rounds", "compute s (est.)", *(f"{n.upper()} s" for n in net)):
-        table.add_column(col, justify="left" if col == "operator" else "right")
-    for cat in (*CATEGORIES, "total"):
-        rec = result["total"] if cat == "total" else result["ops"][cat]
-        lat = [net[n]["seconds"] if cat == "total" else net[n]["ops"][cat] for n in net]
-        table.add_row(cat, f"{rec['bytes'] / 1e6:,.2f}", f"{rec['rounds']:,.0f}", f"{rec['seconds']:.2f}",
-                      *(f"{v:,.2f}" for v in lat), style="bold" if cat == "total" else None)
-    return table
+    print_result({**result, "fidelity": None}, console)
+    console.print(f"predicted from {result['calibration']['path']} (no parties run): {result['seconds_note']}",
+                  style="dim", soft_wrap=True)
 
 
 __all__ = [
@@ -453,12 +444,12 @@ __all__ = [
     "KindFit",
     "MaxSchedule",
     "calibration_path",
-    "cost_table",
     "features",
     "load_calibration",
     "max_schedule",
     "predict",
     "predict_ops",
+    "print_prediction",
     "predicted_state",
     "profile_knobs",
     "resolve_config",
