@@ -10,7 +10,8 @@ Documented tolerances (16-bit fixed point plus CrypTen's approximations, see lay
   layernorm, CrypTen's inv_sqrt + wide-range switch (variance ~2e4): 2e-2 absolute
   GELU, tanh formula vs exact erf-GELU: 1e-2; sigmoid form: 3e-2; Taylor erf + relu switch: 3e-2
   causal softmax: 1e-2 absolute on probabilities, exactly 0 above the diagonal
-  whole model (parallel residual + rotary, untied head; LN-free no-final-norm): 5e-2 on logits
+  whole model (parallel residual + rotary, untied head; LN-free no-final-norm; per-layer hybrid of
+  learnable leaky ReLU (slope 0.3, a server secret) and tanh-GELU): 5e-2 on logits
 """
 
 from __future__ import annotations
@@ -35,12 +36,18 @@ def _inputs() -> dict:
     rope_cfg = make_config("tiny", "sm-ln-g", vocab_size=64, n_embd=32, n_head=2, position="rotary",
                            rotary_pct=0.5, residual="parallel", tie_embeddings=False, n_layer=2)
     nofinal_cfg = make_config("tiny", "sm-r", vocab_size=64, n_embd=32, n_head=2, final_norm=False, n_layer=1)
+    hybrid_cfg = make_config("tiny", "sm-hybrid:learnable_leaky,gelu_tanh", vocab_size=64, n_embd=32, n_head=2)
     models = {}
-    for name, cfg in (("parallel_rotary", rope_cfg), ("lnfree_nofinal", nofinal_cfg)):
+    for name, cfg in (("parallel_rotary", rope_cfg), ("lnfree_nofinal", nofinal_cfg), ("hybrid_slope", hybrid_cfg)):
         torch.manual_seed(3)
         m = GPT(cfg)
         with torch.no_grad():
             m.wte.weight.mul_(20)  # residual stream of order 1, as in a trained model
+            if m.slopes is not None:
+                m.slopes.fill_(0.3)  # a learned slope far from the initial 0.01 ...
+                for block in m.blocks:  # ... and an MLP strong enough for the slope to show
+                    block.mlp.c_fc.weight.mul_(4)
+                    block.mlp.c_proj.weight.mul_(4)
         models[name] = {"config": cfg.to_dict(), "state": m.state_dict(),
                         "tokens": torch.randint(0, 64, (10,), generator=g)}
     return {
@@ -158,7 +165,7 @@ def test_rotary_matches_plaintext(secure_outputs):
     assert (out["rotary"].double() - ref).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("name", ["parallel_rotary", "lnfree_nofinal"])
+@pytest.mark.parametrize("name", ["parallel_rotary", "lnfree_nofinal", "hybrid_slope"])
 def test_secure_model_matches_plaintext(secure_outputs, name):
     inp, out, meters = secure_outputs
     from pi_lnfree.config import ModelConfig
@@ -174,7 +181,7 @@ def test_secure_model_matches_plaintext(secure_outputs, name):
     assert (got - ref).abs().max() < 5e-2
     assert (got.argmax(-1) == ref.argmax(-1)).all()
     ln_calls = meters[name]["ops"]["layernorm"]["calls"]
-    # parallel residual with LayerNorm: ln_1 and ln_2 per block + final; LN-free without final: none
-    assert ln_calls == (2 * cfg.n_layer + 1 if name == "parallel_rotary" else 0)
+    # parallel residual with LayerNorm: ln_1 and ln_2 per block + final; LN-free: final only or none
+    assert ln_calls == {"parallel_rotary": 2 * cfg.n_layer + 1, "lnfree_nofinal": 0, "hybrid_slope": 1}[name]
     if name == "lnfree_nofinal":
         assert meters[name]["ops"]["layernorm"]["bytes"] == 0
