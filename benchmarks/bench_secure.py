@@ -19,6 +19,12 @@ Bytes and rounds must be identical between the two paths; the script checks it a
 
     .venv/bin/python benchmarks/bench_secure.py [--rounds 2] [--skip-matmuls] [--skip-forward]
         [--models block,demo] [--out benchmarks/results/bench_secure.md]
+
+3. `--profile` (instead of 1 and 2): one secure forward per model with both parties under
+   torch.profiler; local work by kind (int64 matmul, random ring elements, elementwise
+   arithmetic, bitwise/comparison circuits, copies, casts, communication, Python overhead).
+
+    .venv/bin/python benchmarks/bench_secure.py --profile [--models block] [--profile-out FILE]
 """
 
 from __future__ import annotations
@@ -187,6 +193,152 @@ def bench_forward(kinds: list[str], rounds: int, seq_len: int) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- part 3: profile
+
+# aten op -> category of local work (self CPU time); everything not listed is "other ops".
+OP_CATEGORIES = {
+    "int64 matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::dot", "aten::mv"),
+    "random ring elements": ("aten::randint", "aten::random_"),
+    "elementwise arithmetic": ("aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul", "aten::mul_",
+                               "aten::div", "aten::div_", "aten::neg", "aten::sum", "aten::rsub", "aten::square"),
+    "bitwise / comparison circuits": ("aten::bitwise_and", "aten::bitwise_xor", "aten::bitwise_or",
+                                      "aten::bitwise_not", "aten::__rshift__", "aten::__lshift__",
+                                      "aten::__irshift__", "aten::__ilshift__", "aten::bitwise_left_shift",
+                                      "aten::bitwise_right_shift", "aten::eq", "aten::ge", "aten::gt",
+                                      "aten::lt", "aten::le", "aten::ne", "aten::__and__", "aten::__xor__",
+                                      "aten::__iand__", "aten::__ixor__"),
+    "copies, views, stacking": ("aten::copy_", "aten::clone", "aten::cat", "aten::stack", "aten::contiguous",
+                                "aten::index_select", "aten::index", "aten::gather", "aten::empty", "aten::zeros",
+                                "aten::empty_like", "aten::zeros_like", "aten::resize_", "aten::set_", "aten::fill_"),
+    "encode / dtype casts": ("aten::to", "aten::_to_copy", "aten::round", "aten::trunc"),
+    "communication (gloo)": ("c10d::", "gloo:"),
+}
+
+
+def _op_category(name: str) -> str:
+    for category, names in OP_CATEGORIES.items():
+        if name in names or any(n.endswith(":") and name.startswith(n) for n in names):
+            return category
+    return "other ops"
+
+
+def profiled_party(job):
+    """`PartyJob.program` for profiling: `evaluate.party_program` under torch.profiler.
+
+    Writes this party's self-CPU seconds per aten op, the program's wall seconds and its
+    communication seconds to `<job.payload>/rank<r>.json`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pi_lnfree.secure import crypten_compat
+    from pi_lnfree.secure.evaluate import party_program
+
+    crypten = crypten_compat.get_crypten()
+    comm = crypten.communicator.get()
+    comm.reset_communication_stats()
+    dealer_wait = [0.0]
+    if crypten.mpc.ttp_required() and job.rank == 0:  # party 0 asks the dealer for every triple
+        client_cls = type(crypten.mpc.provider.ttp_provider.TTPClient.get())
+        request = client_cls.ttp_request
+
+        def timed_request(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return request(self, *args, **kwargs)
+            finally:
+                dealer_wait[0] += time.perf_counter() - t
+
+        client_cls.ttp_request = timed_request
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        value = party_program(job)
+    wall = time.perf_counter() - t0
+    ops = {e.key: {"self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in prof.key_averages()}
+    Path(job.payload, f"rank{job.rank}.json").write_text(json.dumps(
+        {"wall_s": wall, "comm_s": float(comm.get_communication_stats()["time"]), "dealer_s": dealer_wait[0],
+         "ops": ops}))
+    return value
+
+
+def profile_forward(kind: str, seq_len: int, mode: str) -> dict:
+    """One secure forward of MODELS[kind] with each party under torch.profiler; per-category
+    self-CPU seconds of the client and the server (the TTP dealer is not profiled)."""
+    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.secure import crypten_compat
+    from pi_lnfree.secure.evaluate import assemble_result, make_tokens
+    from pi_lnfree.secure.parties import DEALER, PartyJob, free_port, launch_local
+    from pi_lnfree.secure.profile import load_networks, load_profile
+
+    profile = load_profile(PROTOCOL)
+    with tempfile.TemporaryDirectory(prefix="bench-secure-profile-") as tmp:
+        ckpt = make_checkpoint(kind, Path(tmp))
+        model, _ = load_model(ckpt, "cpu")
+        tokens, source = make_tokens({"samples": 1, "seq_len": seq_len, "seed": 0}, model.config)
+        common = dict(profile=profile, timeout_s=900, master_port=free_port(), threads=1,
+                      program="bench_secure:profiled_party", payload=tmp)
+        jobs = [PartyJob(rank=0, tokens=tokens, token_spec={"source": source}, **common),
+                PartyJob(rank=1, checkpoint=str(ckpt), **common)]
+        if profile.provider == "TTP":
+            jobs.append(PartyJob(rank=DEALER, **common))
+        os.environ[crypten_compat.FAST_MATMUL_ENV] = mode
+        old_path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), old_path]))
+        try:
+            t0 = time.perf_counter()
+            results = launch_local(jobs, 900)
+            wall = time.perf_counter() - t0
+        finally:
+            os.environ.pop(crypten_compat.FAST_MATMUL_ENV, None)
+            if old_path is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old_path
+        metered = assemble_result(str(ckpt), model.config, profile, results[0], model, load_networks(),
+                                  "local processes", wall)
+        parties = {}
+        for rank, role in ((0, "client"), (1, "server")):
+            data = json.loads(Path(tmp, f"rank{rank}.json").read_text())
+            cats: dict[str, float] = {}
+            top = sorted(data["ops"].items(), key=lambda kv: -kv[1]["self_s"])[:12]
+            for name, rec in data["ops"].items():
+                cats[_op_category(name)] = cats.get(_op_category(name), 0.0) + rec["self_s"]
+            parties[role] = {"wall_s": data["wall_s"], "comm_s": data["comm_s"], "dealer_s": data["dealer_s"],
+                             "categories": cats,
+                             "top_ops": [(n, r["self_s"], r["calls"]) for n, r in top]}
+    return {"model": MODELS[kind]["label"], "seq_len": seq_len, "mode": mode, "parties": parties,
+            "metered_ops_s": {c: metered["ops"][c]["seconds"] for c in metered["ops"]},
+            "metered_forward_s": metered["total"]["seconds"]}
+
+
+def profile_markdown(prof: dict, command: str) -> str:
+    lines = [f"## {prof['model']}, T={prof['seq_len']}, matmul path: {prof['mode']}", "",
+             f"Command: `{command}`", "",
+             "Metered forward seconds per operator category (slower party): " + ", ".join(
+                 f"{c} {s:.2f}" for c, s in prof["metered_ops_s"].items()) + f"; total {prof['metered_forward_s']:.2f} s.",
+             "", "Local work by kind (torch.profiler self-CPU seconds of each party's whole program: "
+             "weight sharing, forward, exchange; profiler overhead lands in the last row):", "",
+             "| kind | client s | client % | server s | server % |", "|---|---|---|---|---|"]
+    cl, sv = prof["parties"]["client"], prof["parties"]["server"]
+    comm_kind = "communication (gloo)"
+
+    def row(name: str, c: float, s: float) -> str:
+        return f"| {name} | {c:.2f} | {100 * c / cl['wall_s']:.0f}% | {s:.2f} | {100 * s / sv['wall_s']:.0f}% |"
+
+    for n in [k for k in OP_CATEGORIES if k != comm_kind] + ["other ops"]:
+        lines.append(row(n, cl["categories"].get(n, 0.0), sv["categories"].get(n, 0.0)))
+    lines.append(row("inside communication calls (send, receive, waiting for the peer)", cl["comm_s"], sv["comm_s"]))
+    lines.append(row("waiting for the TTP dealer's triples (party 0 only)", cl["dealer_s"], sv["dealer_s"]))
+    for p in (cl, sv):
+        local = sum(v for k, v in p["categories"].items() if k != comm_kind)
+        p["python_s"] = p["wall_s"] - local - p["comm_s"] - p["dealer_s"]
+    lines.append(row("Python: CrypTen bookkeeping, small-op dispatch, profiler (the rest)", cl["python_s"], sv["python_s"]))
+    lines.append(row("**program wall**", cl["wall_s"], sv["wall_s"]))
+    for role, p in (("client", cl), ("server", sv)):
+        lines += ["", f"Top aten ops of the {role} (self-CPU s, calls): " + "; ".join(
+            f"{n} {t:.2f} s ({c})" for n, t, c in p["top_ops"])]
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -260,11 +412,23 @@ def main() -> None:
     ap.add_argument("--skip-matmuls", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_secure.md"))
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: profile one secure forward per model (stock path) with torch.profiler")
+    ap.add_argument("--profile-mode", default="stock", choices=MODES)
+    ap.add_argument("--profile-out", default=str(ROOT / "benchmarks" / "results" / "secure_profile.md"))
     args = ap.parse_args()
     kinds = [k for k in args.models.split(",") if k]
     unknown = set(kinds) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; known: {sorted(MODELS)}")
+
+    command = "benchmarks/bench_secure.py " + " ".join(sys.argv[1:])
+    if args.profile:
+        text = "# Where a secure forward spends its time (torch.profiler, per party)\n\n" + "".join(
+            profile_markdown(profile_forward(k, args.seq_len, args.profile_mode), command) for k in kinds)
+        Path(args.profile_out).write_text(text)
+        print(text)
+        return
 
     from pi_lnfree.secure import fast_matmul
 
@@ -273,7 +437,7 @@ def main() -> None:
     calibration = fast_matmul.measure_speedup()
     torch.set_num_threads(saved_threads)
     result = {
-        "command": "benchmarks/bench_secure.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "environment": {
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
