@@ -244,7 +244,7 @@ def secure_eval(
 
 @app.command()
 def cost(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint (only its config is used)."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A ckpt.pt or a run dir holding one (only its config is used)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Shape preset instead of a checkpoint."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Variant with --preset (sm-ln-g, sm-r, ...)."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary with --preset (default 50257)."),

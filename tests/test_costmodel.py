@@ -212,7 +212,7 @@ def test_cost_from_checkpoint_and_overrides(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["checkpoint"] == str(ckpt) and out["variant"] == "SM+LLR(global)" and out["seq_len"] == 16
     assert out["ops"]["layernorm"]["calls"] == 1 and out["ops"]["activation"]["calls"] == 2
-    main(["cost", str(ckpt), "--set", "model.final_norm=false", "--protocol", str(TFP), "--seq-len", "16", "--json"])
+    main(["cost", str(tmp_path), "--set", "model.final_norm=false", "--protocol", str(TFP), "--seq-len", "16", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["ops"]["layernorm"]["calls"] == 0 and out["variant"] == "SM+LLR(global) (no final LN)"
     with pytest.raises(SystemExit) as exc:

@@ -408,7 +408,8 @@ def resolve_config(
     vocab_size: int | None = None,
     sets: list[str] | tuple[str, ...] = (),
 ) -> ModelConfig:
-    """The model config to cost: a checkpoint's, or preset + variant (+ `model.KEY=VALUE` sets)."""
+    """The model config to cost: a checkpoint's (file or run dir), or preset + variant, with
+    `model.KEY=VALUE` overrides from `sets`."""
     from pi_lnfree.config import make_config, parse_set
 
     overrides: dict[str, Any] = {}
@@ -421,8 +422,10 @@ def resolve_config(
         if preset is not None or variant is not None or vocab_size is not None:
             raise UserError("give either a checkpoint or --preset/--variant/--vocab-size, not both")
         from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
+        from pi_lnfree.diagnostics import resolve_checkpoint
 
-        cfg = config_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        path = resolve_checkpoint(checkpoint)  # a ckpt.pt, or a run dir holding one
+        cfg = config_from_checkpoint(load_checkpoint(path), path)
         return cfg.replace(**overrides) if overrides else cfg
     if preset is None or variant is None:
         raise UserError("give a checkpoint, or both --preset and --variant")
