@@ -69,12 +69,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--name", default="secure_gpt2_block", help="Output stem: NAME.md and NAME.json.")
     ap.add_argument("--from-json", help="Only re-render the markdown from a saved NAME.json.")
+    ap.add_argument("--compare", nargs="*", default=[],
+                    help="Saved JSONs of the SM+LN+G block under other GELU profiles, tabulated as a section.")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
-        (out / f"{args.name}.md").write_text(markdown(results, args) + "\n")
+        (out / f"{args.name}.md").write_text(markdown(results, args) + gelu_section(results, args.compare) + "\n")
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,8 +94,28 @@ def main() -> None:
     print(json.dumps({v: {"total": r["total"], "wall_seconds": r["wall_seconds"]} for v, r in results.items()}))
 
 
+def gelu_section(results: dict, compare: list[str]) -> str:
+    """SM+LN+G's activation cost under each GELU method (this run and the `--compare` runs)."""
+    runs = [results["sm-ln-g"]] if "sm-ln-g" in results else []
+    runs += [json.loads(Path(p).read_text())["sm-ln-g"] for p in compare]
+    if len(runs) < 2:
+        return ""
+    lines = ["", "", "## GELU approximations (SM+LN+G block)", "",
+             "| profile | GELU via | activation MB | activation rounds | activation local s | total MB | "
+             "WAN s | max abs logit error |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        act = r["ops"]["activation"]
+        lines.append(f"| {r['protocol']['name']} | {r['protocol']['gelu']} | {act['bytes'] / 1e6:,.2f} | "
+                     f"{act['rounds']:.0f} | {act['seconds']:.2f} | {r['total']['bytes'] / 1e6:,.2f} | "
+                     f"{r['network']['wan']['seconds']:.2f} | {r['fidelity']['max_abs_logit_error']:.3g} |")
+    lines += ["", "Commands for the other rows: the same script with `--protocol protocols/PROFILE.toml "
+              "--variants sm-ln-g --name secure_gpt2_block_gelu_METHOD`; this file: `--from-json "
+              "benchmarks/results/secure_gpt2_block.json --compare benchmarks/results/secure_gpt2_block_gelu_*.json`."]
+    return "\n".join(lines)
+
+
 def markdown(results: dict, args) -> str:
-    cmd = (f".venv/bin/python benchmarks/secure_block.py --protocol {Path(args.protocol).relative_to(ROOT)} "
+    cmd = (f".venv/bin/python benchmarks/secure_block.py --protocol {os.path.relpath(Path(args.protocol).resolve(), ROOT)} "
            f"--seq-len {args.seq_len} --vocab {args.vocab} --variants {args.variants}")
     parts = [
         f"# One GPT-2-small-shaped block under CrypTen 2PC: {Path(args.protocol).stem}, T={args.seq_len}",
