@@ -412,6 +412,7 @@ def main() -> None:
     ap.add_argument("--skip-matmuls", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_secure.md"))
+    ap.add_argument("--json-out", help="also write the raw measurements as JSON here")
     ap.add_argument("--profile", action="store_true",
                     help="instead: profile one secure forward per model (stock path) with torch.profiler")
     ap.add_argument("--profile-mode", default="stock", choices=MODES)
@@ -452,7 +453,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(result))
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
     print(to_markdown(result))
 
 

@@ -66,7 +66,7 @@ import torch
 out, seq_len, protocol, preset, devices = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 lines = [
-    f"# Secure evaluation on GPU: {preset}, T={seq_len}, {protocol}",
+    f"# Secure evaluation ({', '.join(devices)}): {preset}, T={seq_len}, {protocol}",
     "",
     f"Command: `benchmarks/gpu_secure.sh` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); "
     f"{gpu}, torch {torch.__version__}. Random-init checkpoints (costs do not depend on weights).",
