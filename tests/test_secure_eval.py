@@ -173,7 +173,7 @@ def test_killed_party_makes_the_other_fail_within_timeout(tmp_path):
     elapsed = time.perf_counter() - t0
     msg = str(err.value)
     assert "server (rank 1) was killed by signal 9" in msg
-    assert "client (rank 0)" in msg
+    assert "client (rank 0)" in msg  # failed on its own ("lost the connection") or killed after the timeout
     assert elapsed < 45 + timeout  # start-up of two interpreters under load, then at most the timeout
 
 

@@ -86,6 +86,8 @@ def _describe_error(exc: BaseException) -> str:
         text = next((ln for ln in lines if "Connection closed" in ln or "timed out" in ln.lower()), text)
     if isinstance(exc, UserError):
         return text
+    if "Connection closed by peer" in str(exc) or "Connection reset by peer" in str(exc):
+        return "lost the connection to its peer (the peer crashed, was killed or left)"
     return f"{type(exc).__name__}: {text[:400]}"
 
 
