@@ -140,7 +140,9 @@ def _settings_lines(opts, runs: list) -> list[str]:
     cost = "skipped" if opts.cost_seq_len == 0 else (
         f"`{proto}` calibration, T={opts.cost_seq_len or 'the model context'}")
     return [f"- eval PPL: exp(mean token cross-entropy) over {ev}",
-            f"- overload: share of heads in the top band [3/4 Emax, Emax] of headwise entropy, over {en}",
+            f"- overload: share of heads in the top band [3/4 Emax, Emax] of headwise entropy (Emax: the model's "
+            f"largest head entropy), over {en}; mean entropy (% of max): mean head entropy / the largest possible "
+            "(uniform causal attention)",
             f"- measured cost (secure-eval): {secure}",
             f"- predicted cost (cost model): {cost}",
             "- comm (GB): bytes both parties send for one forward pass of one sequence, / 1e9; "

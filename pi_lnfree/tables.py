@@ -8,7 +8,10 @@ the report next to the tables.
 Definitions (the paper's form):
 
 * "PPL vs SM+LN+G (%)" = 100 * (PPL / PPL of the SM+LN+G run of the same family - 1);
-* "overload (% heads)" = share of heads in the top entropy band [3/4 Emax, Emax];
+* "overload (% heads)" = share of heads in the top entropy band [3/4 Emax, Emax], Emax being the
+  model's own largest head entropy (the paper's definition);
+* "mean entropy (% of max)" = mean headwise entropy over all heads, as a share of the largest
+  possible (uniform causal attention): comparable across models, unlike the Emax-relative bands;
 * "savings (x)" = baseline cost / this configuration's cost (bytes, LAN or WAN seconds), with
   the SM+LN+G run of the same family as the baseline (so the baseline itself shows 1.00x);
 * "comm (GB)" = bytes sent by both parties together for one forward pass of one sequence, / 1e9.
@@ -20,6 +23,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 BASELINE = "SM+LN+G"
@@ -31,6 +35,7 @@ CONFIG = "configuration"
 PPL = "eval PPL"
 PPL_VS = f"PPL vs {BASELINE} (%)"
 OVERLOAD = "overload (% heads)"
+ENTROPY = "mean entropy (% of max)"
 GB = "comm (GB)"
 ROUNDS = "rounds"
 LAN = "LAN (s)"
@@ -39,11 +44,11 @@ SAVE_GB = "comm savings (x)"
 SAVE_LAN = "LAN savings (x)"
 SAVE_WAN = "WAN savings (x)"
 COST_COLUMNS = (GB, ROUNDS, LAN, WAN, SAVE_GB, SAVE_LAN, SAVE_WAN)
-MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, *COST_COLUMNS)
+MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, ENTROPY, *COST_COLUMNS)
 
 # Markdown / terminal formats per column (CSV keeps full precision).
 FORMATS: dict[str, str] = {
-    PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
+    PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", ENTROPY: "{:.1f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
     LAN: "{:.3g}", WAN: "{:.3g}", SAVE_GB: "{:.2f}x", SAVE_LAN: "{:.2f}x", SAVE_WAN: "{:.2f}x",
     "bytes (%)": "{:.1f}", "WAN (%)": "{:.1f}", "bytes": "{:,.0f}", "WAN seconds": "{:.3g}",
     "top-1 agreement": "{:.3f}", "max |logit error|": "{:.3g}", "mean |logit error|": "{:.3g}",
@@ -52,7 +57,7 @@ FORMATS: dict[str, str] = {
 NA = "n/a"
 # Compact headers for the terminal (rich); files keep the full names.
 SHORT_NAMES = {
-    CONFIG: "config", PPL: "PPL", PPL_VS: "PPL vs base %", OVERLOAD: "overload %", GB: "GB",
+    CONFIG: "config", PPL: "PPL", PPL_VS: "PPL vs base %", OVERLOAD: "overload %", ENTROPY: "H % max", GB: "GB",
     LAN: "LAN s", WAN: "WAN s", SAVE_GB: "GB x", SAVE_LAN: "LAN x", SAVE_WAN: "WAN x",
 }
 
@@ -152,11 +157,13 @@ def main_table(runs: Sequence, piece: str = "secure") -> pd.DataFrame:
     for name, run in zip(configuration_names(runs), runs, strict=True):
         ppl = _get(run.pieces.get("eval"), "ppl")
         overload = _get(run.pieces.get("entropy"), "overload_fraction")
+        relative = _get(run.pieces.get("entropy"), "entropy_relative")
         rows.append({
             CONFIG: name,
             PPL: ppl,
             PPL_VS: percent_vs(base_ppl, ppl),
             OVERLOAD: None if overload is None else 100.0 * overload,
+            ENTROPY: None if relative is None else 100.0 * float(np.mean(relative)),
             **_cost_columns(run, base, piece),
         })
     return pd.DataFrame(rows, columns=list(MAIN_COLUMNS))

@@ -28,7 +28,7 @@ def _options(**changes) -> ReportOptions:
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory, data_dir) -> list[Path]:
     """Two tiny runs trained for a few steps by the real trainer."""
-    from pi_lnfree.train import train_command
+    from pi_lnfree.runs import train_command
 
     root = tmp_path_factory.mktemp("runs")
     sets = [f"data.dir={data_dir}", "train.max_steps=6", "train.batch_size=4", "train.eval_interval=3",
@@ -78,6 +78,8 @@ def test_numbers_equal_their_json(computed, run_dirs):
         ev, ent, cost = _cache(d, "eval.json"), _cache(d, "entropy.json"), _cache(d, "cost-crypten-2pc-tfp-T16.json")
         assert main.loc[i, tb.PPL] == ev["ppl"] and math.isclose(ev["ppl"], math.exp(ev["loss"]))
         assert main.loc[i, tb.OVERLOAD] == 100.0 * ent["overload_fraction"]
+        rel = [e / ent["max_entropy"] for row in ent["entropy"] for e in row]
+        assert math.isclose(main.loc[i, tb.ENTROPY], 100.0 * sum(rel) / len(rel), rel_tol=1e-12)
         assert pred.loc[i, tb.GB] == cost["total"]["bytes"] / 1e9
         assert pred.loc[i, tb.ROUNDS] == cost["total"]["rounds"]
         assert pred.loc[i, tb.LAN] == cost["network"]["lan"]["seconds"]
