@@ -49,9 +49,9 @@ _MATMUL_SHAPES = [(1, 2, 3), (2, 3, 2), (3, 2, 5), (2, 5, 4), (4, 3, 3), (1, 4, 
 _HEAD_SHAPES = [(1, 2, 3), (2, 3, 2), (1, 5, 4), (3, 2, 2), (2, 4, 5)]
 _SOFTMAX_T = [2, 3, 4, 5, 7, 8, 11, 13, 17, 20, 23, 30]
 _TIMING: dict[str, list[dict[str, int]]] = {
-    "linear": [dict(T=64, i=128, o=512, bias=1), dict(T=128, i=768, o=768, bias=1)],
-    "embedding": [dict(T=64, V=512, d=128, pos=1), dict(T=32, V=4096, d=256, pos=1)],
-    "lm_head": [dict(T=64, d=128, V=512), dict(T=32, d=256, V=4096)],
+    "linear": [dict(T=64, i=128, o=512, bias=1), dict(T=128, i=768, o=768, bias=1), dict(T=128, i=768, o=3072, bias=1)],
+    "embedding": [dict(T=64, V=512, d=128, pos=1), dict(T=32, V=4096, d=256, pos=1), dict(T=128, V=8192, d=768, pos=1)],
+    "lm_head": [dict(T=64, d=128, V=512), dict(T=32, d=256, V=4096), dict(T=128, d=768, V=8192)],
     "attention_scores": [dict(H=4, T=64, hd=32), dict(H=12, T=128, hd=64)],
     "attention_mix": [dict(H=4, T=64, hd=32), dict(H=12, T=128, hd=64)],
     "softmax": [dict(H=1, T=64), dict(H=1, T=128), dict(H=4, T=64), dict(H=12, T=128)],

@@ -11,7 +11,8 @@ secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metere
    and reduction depths: rounds and dealer requests are linear in them) and `time` (elements and
    multiply-adds: the local compute estimate). The softmax's row max follows CrypTen's algorithm:
    `int(ln T)` pairwise compare-and-select halvings (`log_reduction`; none for `pairwise`), then
-   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels.
+   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels. The other
+   tree methods (`double_log_reduction`, `accelerated_cascade`) are refused with a clear message.
 3. A `Calibration` (one JSON file per protocol profile, `protocols/<profile>.calibration.json`,
    made by `pi_lnfree.secure.calibrate`) holds, per kind, the coefficients of a least-squares
    fit of measured per-call costs on those features, and the feature rows it was fitted on, so a
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pi_lnfree.config import ModelConfig
+from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
 from pi_lnfree.secure.meter import CATEGORIES, FIELDS, empty_ops
 from pi_lnfree.secure.profile import ProtocolProfile
@@ -47,7 +48,7 @@ GROUPS = ("size", "count", "time")
 FIELD_GROUP = {"bytes": "size", "dealer_bytes": "size", "rounds": "count", "dealer_requests": "count",
                "seconds": "time"}
 INTEGER_FIELDS = ("rounds", "dealer_requests")
-ACTIVATION_KINDS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
+ACTIVATION_KINDS = ACTIVATIONS  # one calibrated kind per FFN activation: activation:<name>
 SUPPORTED_MAX_METHODS = ("log_reduction", "pairwise")
 PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
 # profile fields that do not change costs; every other field is a knob a calibration is tied to
