@@ -327,9 +327,7 @@ def prepare(
 
 def _progress_bar():
     """A transient bar on an interactive stderr; nothing when stderr is a file or pipe (logs, CI)."""
-    bar = progress(transient=True)
-    bar.disable = not console.is_terminal
-    return bar
+    return progress(transient=True)
 
 
 def _skipped(stats: ReadStats) -> str:

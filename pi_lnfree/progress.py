@@ -15,8 +15,12 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def progress(*extra_columns, transient: bool = False) -> Progress:
-    """A progress bar on stderr: description, bar, n/total, elapsed, remaining, extra columns."""
+def progress(*extra_columns, transient: bool = False, disable: bool | None = None) -> Progress:
+    """A progress bar on stderr: description, bar, n/total, elapsed, remaining, extra columns.
+
+    Shown only when stderr is a terminal unless `disable` says otherwise: off a terminal a bar
+    would leave its last frame and a blank line in logs and in one-line error output.
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -26,4 +30,5 @@ def progress(*extra_columns, transient: bool = False) -> Progress:
         *extra_columns,
         console=console,
         transient=transient,
+        disable=(not console.is_terminal) if disable is None else disable,
     )
