@@ -207,11 +207,14 @@ def compute_piece(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, 
         return entropy_checkpoint(ckpt, run.data_dir, opts.entropy_batch_size, opts.entropy_batches,
                                   show_progress=True)
     if piece == "secure":
+        from pi_lnfree.progress import progress
         from pi_lnfree.secure.evaluate import secure_eval
 
         data = run.data_dir if run.data_dir is not None and Path(run.data_dir).is_dir() else None
-        return secure_eval(ckpt, opts.protocol, seq_len=opts.secure_seq_len, samples=opts.samples,
-                           data=data, timeout_s=opts.timeout_s)
+        with progress(transient=True) as bar:  # secure_eval reports nothing while the parties run
+            bar.add_task(f"secure-eval T={opts.secure_seq_len} ({Path(opts.protocol).stem})", total=None)
+            return secure_eval(ckpt, opts.protocol, seq_len=opts.secure_seq_len, samples=opts.samples,
+                               data=data, timeout_s=opts.timeout_s)
     from pi_lnfree.secure.costmodel import predict
     from pi_lnfree.secure.profile import load_profile
 
