@@ -21,6 +21,7 @@ from pi_lnfree.secure.calibrate import design, fit, measure
 from pi_lnfree.secure.costmodel import (
     Calibration,
     Call,
+    PairwiseStage,
     load_calibration,
     max_schedule,
     predicted_state,
@@ -115,15 +116,26 @@ def test_fitted_unit_costs_match_the_protocol(measured_run):
 
 def test_max_schedule_by_hand():
     s = max_schedule(128, "log_reduction")  # int(ln 128) = 4 halvings: 128 -> 64 -> 32 -> 16 -> 8
-    assert (s.steps, s.tree_pairs, s.m, s.prod_levels, s.sums) == (4, 64 + 32 + 16 + 8, 8, 3, False)
+    assert (s.steps, s.tree_pairs, s.stages) == (4, 64 + 32 + 16 + 8, (PairwiseStage(1, 8),))
+    assert s.stages[0].prod_levels == 3 and not s.stages[0].sums  # prod of 7 factors: 7 -> 4 -> 2 -> 1
     s = max_schedule(20, "log_reduction")  # int(ln 20) = 2: 20 -> 10 -> 5; prod of 4 factors: 2 levels
-    assert (s.steps, s.tree_pairs, s.m, s.prod_levels) == (2, 15, 5, 2)
+    assert (s.steps, s.tree_pairs, s.stages[0].m, s.stages[0].prod_levels) == (2, 15, 5, 2)
     s = max_schedule(23, "log_reduction")  # 3 halvings with odd remainders: 23 -> 12 -> 6 -> 3
-    assert (s.steps, s.tree_pairs, s.m) == (3, 11 + 6 + 3, 3)
+    assert (s.steps, s.tree_pairs, s.stages[0].m) == (3, 11 + 6 + 3, 3)
     s = max_schedule(200, "pairwise")  # all pairs at once; 199 factors are summed, not multiplied
-    assert (s.steps, s.m, s.sums, s.prod_levels) == (0, 200, True, 0)
+    assert (s.steps, s.stages) == (0, (PairwiseStage(1, 200),))
+    assert s.stages[0].sums and s.stages[0].prod_levels == 0
+    # double log: 16 = 4 blocks of 4 -> each block 2 blocks of 2 -> pairs; maxima combined upwards
+    assert max_schedule(16, "double_log_reduction").stages == (PairwiseStage(8, 2), PairwiseStage(4, 2),
+                                                               PairwiseStage(1, 4))
+    # 10 = 3 blocks of 3 + 1 left over: the last stage sees 3 block maxima and the remainder
+    assert max_schedule(10, "double_log_reduction").stages == (PairwiseStage(3, 3), PairwiseStage(1, 4))
+    # cascade: int(ln ln ln 128) + 1 = 1 halving (128 -> 64), then double log over 64
+    s = max_schedule(128, "accelerated_cascade")
+    assert (s.steps, s.tree_pairs) == (1, 64)
+    assert s.stages == (PairwiseStage(32, 2), PairwiseStage(8, 4), PairwiseStage(1, 8))
     with pytest.raises(UserError, match="max_method"):
-        max_schedule(8, "double_log_reduction")
+        max_schedule(8, "bogus")
 
 
 def test_trace_mirrors_the_secure_model_call_counts():

@@ -35,7 +35,6 @@ from pi_lnfree.secure.costmodel import (
     KindFit,
     calibration_path,
     features,
-    max_schedule,
     profile_knobs,
 )
 from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
@@ -64,7 +63,6 @@ _TIMING: dict[str, list[dict[str, int]]] = {
 def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]]:
     """The calibration points of `profile`: one item per (kind, shape). `timing=False` keeps only
     the tiny shapes (exact bytes and rounds, no useful seconds): for tests."""
-    max_schedule(2, profile.max_method)  # refuses unsupported max methods up front
     tiny: list[tuple[str, dict[str, int]]] = []
     for T, i, o in _MATMUL_SHAPES:
         tiny.append(("linear", dict(T=T, i=i, o=o, bias=(T + i) % 2)))

@@ -11,8 +11,9 @@ secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metere
    and reduction depths: rounds and dealer requests are linear in them) and `time` (elements and
    multiply-adds: the local compute estimate). The softmax's row max follows CrypTen's algorithm:
    `int(ln T)` pairwise compare-and-select halvings (`log_reduction`; none for `pairwise`), then
-   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels. The other
-   tree methods (`double_log_reduction`, `accelerated_cascade`) are refused with a clear message.
+   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels; the
+   `double_log_reduction` and `accelerated_cascade` methods run several all-pairs stages in
+   sequence (`max_schedule`).
 3. A `Calibration` (one JSON file per protocol profile, `protocols/<profile>.calibration.json`,
    made by `pi_lnfree.secure.calibrate`) holds, per kind, the coefficients of a least-squares
    fit of measured per-call costs on those features, and the feature rows it was fitted on, so a
@@ -42,14 +43,13 @@ from pi_lnfree.errors import UserError
 from pi_lnfree.secure.meter import CATEGORIES, FIELDS, empty_ops
 from pi_lnfree.secure.profile import ProtocolProfile
 
-FORMAT = 1
+FORMAT = 2
 GROUPS = ("size", "count", "time")
 # which feature group each metered field is fitted on
 FIELD_GROUP = {"bytes": "size", "dealer_bytes": "size", "rounds": "count", "dealer_requests": "count",
                "seconds": "time"}
 INTEGER_FIELDS = ("rounds", "dealer_requests")
 ACTIVATION_KINDS = ACTIVATIONS  # one calibrated kind per FFN activation: activation:<name>
-SUPPORTED_MAX_METHODS = ("log_reduction", "pairwise")
 PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
 # profile fields that do not change costs; every other field is a knob a calibration is tied to
 NOT_KNOBS = ("name", "description", "path")
@@ -128,16 +128,15 @@ def trace_forward(cfg: ModelConfig, T: int) -> list[Call]:
 
 
 @dataclass(frozen=True)
-class MaxSchedule:
-    """How CrypTen's row max of length-T rows proceeds: `steps` compare-and-select halvings with
-    `tree_pairs` pairs per row in total, then an all-pairs max over `m` survivors."""
+class PairwiseStage:
+    """One all-pairs max (CrypTen's `pairwise` method) over rows of length `m`; each row of the
+    input is `mult` rows here (the double-log recursion folds blocks of a row into rows)."""
 
-    steps: int
-    tree_pairs: int
+    mult: int
     m: int
 
     @property
-    def row_length(self) -> int:  # CrypTen treats a single survivor as a row of 2
+    def row_length(self) -> int:  # CrypTen treats a single entry as a row of 2
         return self.m if self.m > 1 else 2
 
     @property
@@ -156,18 +155,53 @@ class MaxSchedule:
         return levels
 
 
-def max_schedule(T: int, method: str) -> MaxSchedule:
-    """The reduction schedule of `crypten_compat.row_max` for rows of length T."""
-    if method not in SUPPORTED_MAX_METHODS:
-        raise UserError(
-            f"the cost model supports max_method {' or '.join(SUPPORTED_MAX_METHODS)}, not {method!r}"
-        )
-    steps = int(math.log(T)) if method == "log_reduction" and T > 1 else 0
+@dataclass(frozen=True)
+class MaxSchedule:
+    """How CrypTen's max over rows of length T proceeds: `steps` compare-and-select halvings with
+    `tree_pairs` pairs per row in total, then all-pairs maxima (`stages`, in sequence)."""
+
+    steps: int
+    tree_pairs: int
+    stages: tuple[PairwiseStage, ...]
+
+
+def _double_log_stages(n: int, mult: int) -> list[PairwiseStage]:
+    """CrypTen's `_max_helper_double_log_recursive`: blocks of isqrt(n) recursively, then one
+    all-pairs max over the block maxima and the remainder."""
+    if n == 1:
+        return []
+    root = int(math.sqrt(n))
+    count = n // root
+    return [*_double_log_stages(root, mult * count), PairwiseStage(mult, count + n % root)]
+
+
+def _halvings(T: int, steps: int) -> tuple[int, int]:
+    """(pairs compared, entries left) after `steps` compare-and-select halvings of T entries."""
     m, pairs = T, 0
-    for _ in range(steps):
+    for _ in range(max(steps, 0)):
         pairs += m // 2
         m = m // 2 + m % 2
-    return MaxSchedule(steps, pairs, m)
+    return pairs, m
+
+
+def max_schedule(T: int, method: str) -> MaxSchedule:
+    """The reduction schedule of `crypten_compat.row_max` for rows of length T (CrypTen 0.4.1's
+    `maximum.py`, method by method)."""
+    if method == "pairwise":
+        return MaxSchedule(0, 0, (PairwiseStage(1, T),))
+    if method == "log_reduction":
+        steps = int(math.log(T)) if T > 1 else 0
+        pairs, m = _halvings(T, steps)
+        return MaxSchedule(steps, pairs, (PairwiseStage(1, m),))
+    if method == "double_log_reduction":
+        return MaxSchedule(0, 0, tuple(_double_log_stages(T, 1)))
+    if method == "accelerated_cascade":
+        if T < 3:
+            return MaxSchedule(0, 0, (PairwiseStage(1, T),))
+        steps = max(int(math.log(math.log(math.log(T)))) + 1, 0)
+        pairs, m = _halvings(T, steps)
+        return MaxSchedule(steps, pairs, tuple(_double_log_stages(m, 1)))
+    raise UserError(f"unknown max_method {method!r}")
 
 
 def _matmul_features(n_x: int, n_w: int, n_y: int, macs: int) -> dict[str, dict[str, float]]:
@@ -197,14 +231,22 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
     if kind == "softmax":
         T, rows = g("T"), g("H") * g("T")
         s = max_schedule(T, max_method)
-        rl, pw = s.row_length, rows * s.m
-        pairs = pw * (rl - 1)
+        pw = [(rows * st.mult, st) for st in s.stages]  # (rows of the stage, stage)
         return {
-            "size": {"elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs, "pairs": pairs,
-                     "prod": 0 if s.sums else pw * (rl - 2), "survivors": pw, "sums": pw if s.sums else 0,
-                     "one": 1},
-            "count": {"one": 1, "steps": s.steps, "prod_levels": s.prod_levels, "sums": int(s.sums)},
-            "time": {"elements": rows * T, "tree": rows * s.tree_pairs, "pairs": pairs, "rows": rows, "one": 1},
+            "size": {
+                "elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs,
+                "pairs": sum(r * st.m * (st.row_length - 1) for r, st in pw),
+                "prod": sum(r * st.m * (st.row_length - 2) for r, st in pw if not st.sums),
+                "survivors": sum(r * st.m for r, st in pw),
+                "sums": sum(r * st.m for r, st in pw if st.sums),
+                "stage_rows": sum(r for r, _ in pw),
+                "one": 1,
+            },
+            "count": {"one": 1, "steps": s.steps, "stages": len(s.stages),
+                      "prod_levels": sum(st.prod_levels for st in s.stages),
+                      "sums": sum(int(st.sums) for st in s.stages)},
+            "time": {"elements": rows * T, "tree": rows * s.tree_pairs,
+                     "pairs": sum(r * st.m * (st.row_length - 1) for r, st in pw), "rows": rows, "one": 1},
         }
     if kind == "layernorm":
         n = g("T") * g("d")
@@ -447,6 +489,7 @@ __all__ = [
     "Call",
     "KindFit",
     "MaxSchedule",
+    "PairwiseStage",
     "calibration_path",
     "features",
     "load_calibration",
