@@ -7,6 +7,8 @@
 #   benchmarks/gpu_smoke.sh [STEPS] [OUT]      (defaults: 300 steps, /tmp/pi-lnfree-gpu-smoke)
 #   NPROC=8 benchmarks/gpu_smoke.sh            (DDP with torchrun; batch_size is per GPU)
 #   VOCAB=32768 BATCH=128 ACCUM=4 PRECISION=bf16 COMPILE=true  (overridable)
+#   DEVICE=cpu PRESET=tiny VOCAB=512 BATCH=8 ACCUM=1 PRECISION=fp32 COMPILE=false \
+#     benchmarks/gpu_smoke.sh 20 /tmp/smoke   (a dry run of the script itself on a CPU)
 # Target (issue 8): MFU >= 40% on an H200. Results go to OUT/summary.json; record them in
 # benchmarks/results/.
 set -euo pipefail
@@ -16,10 +18,12 @@ OUT=${2:-/tmp/pi-lnfree-gpu-smoke}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 VOCAB=${VOCAB:-32768}; BATCH=${BATCH:-128}; ACCUM=${ACCUM:-4}; NPROC=${NPROC:-1}
-PRECISION=${PRECISION:-bf16}; COMPILE=${COMPILE:-true}
+PRECISION=${PRECISION:-bf16}; COMPILE=${COMPILE:-true}; DEVICE=${DEVICE:-cuda}; PRESET=${PRESET:-gpt2-small}
 DATA="$OUT/data-stdlib-$VOCAB"
 mkdir -p "$OUT"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(0), torch.__version__)"
+if [ "$DEVICE" = cuda ]; then
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(0), torch.__version__)"
+fi
 "$PY" -m pi_lnfree.cli data prepare --source python-stdlib --vocab-size "$VOCAB" --out "$DATA"
 
 if [ "$NPROC" -gt 1 ]; then
@@ -31,6 +35,7 @@ for V in sm-ln-g sm-r; do
   rm -rf "$OUT/$V"
   "${LAUNCH[@]}" train --recipe training/gpt2-codeparrot.toml --out "$OUT/$V" \
     --set data.dir="$DATA" --set model.variant="$V" --set train.max_steps="$STEPS" \
+    --set model.preset="$PRESET" --set train.device="$DEVICE" \
     --set train.batch_size="$BATCH" --set train.grad_accum="$ACCUM" --set train.precision="$PRECISION" \
     --set train.compile="$COMPILE" --set train.log_interval=25 --set train.eval_interval=0 \
     --set train.eval_batches=4 --set train.ckpt_interval=0 --set train.entropy_interval=100 \
@@ -45,6 +50,7 @@ summary = {}
 for v in ("sm-ln-g", "sm-r"):
     recs = [json.loads(l) for l in (out / v / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if "tokens_per_s" in r and r["step"] > min(100, steps // 3)]  # after compile/warmup
+    train = train or [r for r in recs if "tokens_per_s" in r]
     ev = [r for r in recs if "eval_loss" in r]
     s = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in train),
          "mfu": statistics.median(r["mfu"] for r in train) if all("mfu" in r for r in train) else None,
