@@ -141,6 +141,29 @@ def test_tiny_run_learns_and_writes_its_run_dir(data_dir, tmp_path):
         res["best_eval_loss"], rel=1e-6)
 
 
+def test_first_logged_loss_is_float64_cross_entropy_of_the_first_batch(data_dir, tmp_path):
+    """Independent reference for the data wiring: the seeded sampler's first batch, the seeded
+    initial weights in float64, inputs chunk[:, :-1] and targets chunk[:, 1:]."""
+    import torch.nn.functional as F
+
+    from pi_lnfree.data import RandomChunkSampler, load_data_folder
+    from pi_lnfree.model import GPT
+
+    run = tmp_path / "one"
+    train_command(TINY, tiny_sets(data_dir, "train.max_steps=4", "train.log_interval=1"), run)
+    logged = records(run, "loss")[0]
+    folder = load_data_folder(data_dir)
+    batch = RandomChunkSampler(folder.train, 8, 1337).next_batch()
+    torch.manual_seed(1337)
+    cfg = load_recipe(str(TINY), tiny_sets(data_dir)).model_config(folder.vocab_size, folder.seq_len)
+    model = GPT(cfg).double()
+    with torch.no_grad():
+        logits = model(batch[:, :-1])
+    ref = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), batch[:, 1:].reshape(-1))
+    assert logged["loss"] == pytest.approx(ref.item(), rel=1e-5)
+    assert logged["lr"] == pytest.approx(3e-3 / 3)  # warmup step 1 of 3
+
+
 def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
     out = tmp_path / "matrix"
     sets = tiny_sets(data_dir, "train.max_steps=8", "train.eval_interval=0", "train.entropy_interval=4",
