@@ -19,7 +19,7 @@ from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
 from pi_lnfree.config import load_recipe, parse_set, resolve_recipe
 from pi_lnfree.errors import UserError
-from pi_lnfree.runs import train_command
+from pi_lnfree.runs import load_matrix, train_command
 from pi_lnfree.runtime import setup_runtime
 from pi_lnfree.schedule import LRSchedule
 from pi_lnfree.train import Trainer, TrainingStopped
@@ -184,6 +184,23 @@ def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
             assert all(abs(a - b) > 1e-5 for a, b in zip(slopes[-1], slopes[0], strict=True))  # they learn
             model, _ = load_model(out / name / "ckpt.pt")
             assert model.slope_values() == pytest.approx(slopes[-1], abs=1e-7)
+
+
+def test_matrix_files_parse(tmp_path):
+    recipe, runs = load_matrix(ROOT / "training" / "hybrid-variants.toml")
+    assert recipe == ROOT / "training" / "cpu.toml"
+    assert runs == [("sm-g", ['model.variant="sm-g"']), ("sm-r", ['model.variant="sm-r"']),
+                    ("sm-relu-then-gelu", ['model.variant="sm-hybrid:relu,gelu"']),
+                    ("sm-gelu-then-relu", ['model.variant="sm-hybrid:gelu,relu"'])]
+    cfg = load_recipe(str(recipe), ["data.dir=/x", *runs[2][1]]).model_config(4096, 128)
+    assert cfg.layer_activations() == ["relu", "relu", "gelu", "gelu"] and cfg.norm == "none"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('variants = ["sm-r"]\nrecipes = "x.toml"\n')
+    with pytest.raises(UserError, match="unknown matrix keys recipes"):
+        load_matrix(bad)
+    bad.write_text('variants = ["sm-r", "sm-r"]\n')
+    with pytest.raises(UserError, match="run names repeat"):
+        load_matrix(bad)
 
 
 def test_nan_guard_skips_counts_and_stops(data_dir, tmp_path):
