@@ -296,7 +296,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECAYS = ("linear", "cosine", "constant")
 # Keys that may differ between a run and its --resume without changing the result.
 RESUME_SAFE_KEYS = ("train.log_interval", "train.ckpt_interval", "train.progress", "train.tensorboard",
-                    "train.max_nonfinite")
+                    "train.max_nonfinite", "train.debug_nonfinite_steps")
 
 
 @dataclass

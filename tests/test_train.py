@@ -288,6 +288,21 @@ valid_fraction = 0.3
     assert res["steps"] == 2 and load_checkpoint(tmp_path / "run" / "ckpt.pt")["config"]["block_size"] == 32
 
 
+def test_resume_after_a_stop_is_bit_exact_with_accumulation_and_slopes(data_dir, tmp_path):
+    sets = tiny_sets(data_dir, "train.max_steps=12", "train.grad_accum=2", "train.ckpt_interval=3",
+                     "train.log_interval=1", "model.variant=sm-lrelu-global")
+    train_command(TINY, sets, tmp_path / "ref")
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match=r"\(step 6\)"):  # stops at step 8, ckpt at 6 kept
+        train_command(TINY, [*sets, "train.debug_nonfinite_steps=[8]", "train.max_nonfinite=1"], run)
+    res = train_command(TINY, sets, run, resume=True)
+    want, got = load_checkpoint(tmp_path / "ref" / "ckpt.pt"), load_checkpoint(run / "ckpt.pt")
+    assert all(torch.equal(want["model"][k], got["model"][k]) for k in want["model"])
+    assert got["model"]["slopes"].numel() == 1 and res["slopes"] == want["model"]["slopes"].tolist()
+    assert [r["loss"] for r in records(run, "loss")] == [r["loss"] for r in records(tmp_path / "ref", "loss")]
+    assert want["optimizer"]["state"].keys() == got["optimizer"]["state"].keys()
+
+
 def test_resume_refuses_a_changed_recipe_and_reuse_of_a_run_dir(data_dir, tmp_path):
     run = tmp_path / "run"
     first = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run)
