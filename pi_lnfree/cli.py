@@ -18,6 +18,7 @@ from pi_lnfree.progress import console
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Train LayerNorm-free / ReLU decoders, measure perplexity and attention entropy, "
@@ -261,7 +262,7 @@ def cost(
 
     Bytes and rounds of CrypTen depend only on shapes and protocol knobs: they are predicted from
     unit costs measured once per profile (`--calibrate PROFILE`, stored as
-    protocols/<profile>.calibration.json). Seconds are an estimate of local compute on the
+    protocols/PROFILE.calibration.json). Seconds are an estimate of local compute on the
     calibration machine; LAN/WAN latency = compute + rounds x RTT + bytes / bandwidth.
     Prints the JSON shape of `secure-eval` (without fidelity) with "predicted": true.
     """
