@@ -137,8 +137,12 @@ def _settings_lines(opts, runs: list) -> list[str]:
         f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
         "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
         "(protocols/networks.toml)")
+    from pi_lnfree.report import cost_seq_len
+
+    lens = ", ".join(str(t) for t in sorted({cost_seq_len(r, opts) for r in runs}))
     cost = "skipped" if opts.cost_seq_len == 0 else (
-        f"`{proto}` calibration, T={opts.cost_seq_len or 'the model context'}")
+        f"`{proto}` calibration, T={lens}" + (" (the model context)" if opts.cost_seq_len is None else "")
+        + "; seconds estimated from the calibration machine's local compute")
     return [f"- eval PPL: exp(mean token cross-entropy) over {ev}",
             f"- overload: share of heads in the top band [3/4 Emax, Emax] of headwise entropy (Emax: the model's "
             f"largest head entropy), over {en}; mean entropy (% of max): mean head entropy / the largest possible "
