@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from pi_lnfree.secure.fast_matmul import measure_speedup, ring_matmul
+from pi_lnfree.secure.fast_matmul import best_seconds, measure_speedup, ring_matmul
 
 # (name, left shape, right shape): GPT-2 small, T=128, 12 heads of 64, vocabulary 50257.
 SHAPES = [
@@ -27,16 +26,6 @@ SHAPES = [
     ("ffn-down 128x3072 @ 3072x768", (128, 3072), (3072, 768)),
     ("lm-head 128x768 @ 768x50257", (128, 768), (768, 50257)),
 ]
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def run(threads: int, repeats: int, skip_lm_head: bool) -> dict:

@@ -40,19 +40,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_matmul import SHAPES as MATMUL_SHAPES  # noqa: E402  (the GPT-2 small matmul shapes)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "protocols" / "crypten-2pc-ttp.toml"
 MATMUL_CATEGORIES = ("embedding", "linear", "attention", "lm_head")
 
 # GPT-2 small at T=128: (name, secret left shape, secret right shape)
-BLOCK_MATMULS = [
-    ("qkv 128x768 @ 768x2304", (128, 768), (768, 2304)),
-    ("scores 12x128x64 @ 12x64x128", (1, 12, 128, 64), (1, 12, 64, 128)),
-    ("mix 12x128x128 @ 12x128x64", (1, 12, 128, 128), (1, 12, 128, 64)),
-    ("out-proj 128x768 @ 768x768", (128, 768), (768, 768)),
-    ("ffn-up 128x768 @ 768x3072", (128, 768), (768, 3072)),
-    ("ffn-down 128x3072 @ 3072x768", (128, 3072), (3072, 768)),
-]
+BLOCK_MATMULS = [shape for shape in MATMUL_SHAPES if not shape[0].startswith("lm-head")]
 MODELS = {
     "block": dict(preset="gpt2-small", variant="sm-ln-g", vocab_size=512, n_layer=1,
                   label="GPT-2-small block (1 layer, d=768, 12 heads, vocab 512)"),

@@ -166,7 +166,8 @@ def torch_with_fast_matmul() -> types.ModuleType:
     return _TORCH_WITH_FAST_MATMUL
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """Best wall time of `repeats` calls of `fn` after one warm-up call."""
     fn()  # warm up allocator and BLAS threads
     best = float("inf")
     for _ in range(repeats):
@@ -185,8 +186,8 @@ def measure_speedup(m: int = 128, k: int = 768, n: int = 768, repeats: int = 3, 
     gen = torch.Generator().manual_seed(seed)
     a = torch.randint(-(2**63), 2**63 - 1, (m, k), dtype=torch.int64, generator=gen)
     b = torch.randint(-(2**63), 2**63 - 1, (k, n), dtype=torch.int64, generator=gen)
-    int64_s = _best_seconds(lambda: torch.matmul(a, b), repeats)
-    limbs_s = _best_seconds(lambda: ring_matmul(a, b), repeats)
+    int64_s = best_seconds(lambda: torch.matmul(a, b), repeats)
+    limbs_s = best_seconds(lambda: ring_matmul(a, b), repeats)
     return {"int64_s": int64_s, "limbs_s": limbs_s, "speedup": int64_s / limbs_s}
 
 
