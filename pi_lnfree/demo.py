@@ -2,7 +2,7 @@
 
 1. prepare a small data folder from the Python standard library (byte-level BPE, vocab 2048);
 2. train the paper's four configurations (SM+LN+G, SM+LN+R, SM+G, SM+R) with the CPU recipe
-   (`training/cpu.toml`, cpu-small: 4 layers, 4 heads, d=128) for a short run each;
+   (`training/cpu.toml`, cpu-small: 4 layers, 4 heads, d=128) for 300 steps of 16 x 128 tokens each;
 3. for each: eval perplexity, headwise entropy, a secure-eval under two real CrypTen parties (TTP
    dealer, T=32) and the cost model's prediction at the full context (T=128);
 4. write the report (tables, figures) to reports/demo/ and print the main table.
@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "out": REPO / "reports" / "demo",
     "vocab_size": 2048,
     "limit_mb": 5.0,
-    "steps": 120,
+    "steps": 300,
     "batch_size": 16,
     "secure_seq_len": 32,
     "protocol": REPO / "protocols" / "crypten-2pc-ttp.toml",
