@@ -12,7 +12,7 @@ RUN_DIR/cost-PROTOCOL-T{T}.json        `secure.costmodel.predict` (predicted MPC
 
 Each cache file is `{"format", "request", "result", "seconds"}`: `result` is exactly what the
 library function returned, `request` the settings and the checkpoint it was computed for (file
-name, sha256 and training step). A cache is reused only when its request equals the current one;
+name, sha256 and training step; for `cost`, also the sha256 of the profile's calibration file). A cache is reused only when its request equals the current one;
 otherwise the piece is recomputed, or, with `compute=False`, reported as "n/a" with the reason.
 A piece whose computation fails with a clear error (e.g. a variant not supported under MPC) is
 also "n/a" with that error as the reason; the report lists every reason under its tables.
@@ -177,7 +177,11 @@ def request_of(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, Any
     elif piece == "secure":
         req.update(protocol=_protocol_stem(opts), seq_len=opts.secure_seq_len, samples=opts.samples, data=data)
     else:
-        req.update(protocol=_protocol_stem(opts), seq_len=cost_seq_len(run, opts))
+        from pi_lnfree.secure.costmodel import calibration_path
+
+        cal = calibration_path(opts.protocol)
+        req.update(protocol=_protocol_stem(opts), seq_len=cost_seq_len(run, opts),
+                   calibration=_sha256(cal) if cal.is_file() else None)
     return req
 
 
