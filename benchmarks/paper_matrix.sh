@@ -11,7 +11,9 @@
 #   benchmarks/paper_matrix.sh gpu-report  # report tables/figures of the GPU runs (cost model for MPC cost)
 #
 # Environment: PY (default .venv/bin/python), PROTOCOL (default protocols/crypten-2pc-ttp.toml),
-# CPU_STEPS (default 200), TORCHRUN (e.g. "torchrun --nproc_per_node=8" for multi-GPU training).
+# CPU_STEPS (default 200), TORCHRUN (e.g. "torchrun --nproc-per-node 8" for multi-GPU training),
+# TRAIN_SETS (extra --set items for every GPU run; train.batch_size is per GPU, so with 8 GPUs use
+# TRAIN_SETS="--set train.batch_size=16" to keep 16 x 4 x 8 = 512 sequences per step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -70,6 +72,7 @@ gpu_train() {
   local T=${TORCHRUN:-}
   local TRAIN="$PI train"
   [ -n "$T" ] && TRAIN="$T -m pi_lnfree.cli train"
+  TRAIN="$TRAIN ${TRAIN_SETS:-}"
   # GPT-2 small (12/12/768), T=128: 512 sequences per step, one epoch, bf16 (recipe: training/gpt2-codeparrot.toml)
   $TRAIN --matrix training/paper-variants.toml --recipe training/gpt2-codeparrot.toml --out runs/gpt2
   # Pythia-70M shape, vocabulary padded to a multiple of 128, T=128 and T=256
@@ -94,5 +97,5 @@ case "${1:-}" in
   gpu-data) gpu_data ;;
   gpu-train) gpu_train ;;
   gpu-report) gpu_report ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
