@@ -176,15 +176,9 @@ def _run_model(item: dict[str, Any], profile, rank: int, stats):
     return meter.state()
 
 
-def _stats() -> dict[str, float]:
-    from pi_lnfree.secure import crypten_compat
-
-    s, d = crypten_compat.comm_stats(), crypten_compat.dealer_stats()
-    return {"bytes": s["bytes"], "rounds": s["rounds"], "dealer_bytes": d["bytes"], "dealer_requests": d["rounds"]}
-
-
 def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Run every item (each `repeat` times); this party's meter states per item."""
+    from pi_lnfree.secure import crypten_compat
     from pi_lnfree.secure.layers import SecureOps
     from pi_lnfree.secure.meter import Meter
 
@@ -193,13 +187,13 @@ def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[d
         states = []
         if item["type"] == "call":
             for _ in range(int(item.get("repeat", 1))):
-                meter = Meter(_stats)
+                meter = Meter(crypten_compat.meter_stats)
                 fn = _run_call(SecureOps(meter, profile), item["kind"], item["dims"], rank)
                 with meter.span():
                     fn()
                 states.append(meter.state())
         else:
-            states.append(_run_model(item, profile, rank, _stats))
+            states.append(_run_model(item, profile, rank, crypten_compat.meter_stats))
         out.append(states)
     return out
 

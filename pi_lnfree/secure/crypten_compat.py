@@ -185,6 +185,13 @@ def dealer_stats() -> dict[str, int]:
     return dict(_DEALER)
 
 
+def meter_stats() -> dict[str, float]:
+    """This party's cumulative counters in the shape `meter.Meter` reads: bytes and rounds of the
+    two parties' protocol, and party 0's dealer traffic apart."""
+    s, d = comm_stats(), dealer_stats()
+    return {"bytes": s["bytes"], "rounds": s["rounds"], "dealer_bytes": d["bytes"], "dealer_requests": d["rounds"]}
+
+
 def _meter_dealer_requests() -> None:
     """Count party 0's triple requests to the dealer apart from the parties' own traffic."""
     crypten = get_crypten()

@@ -90,12 +90,6 @@ def make_tokens(spec: dict[str, Any], cfg: ModelConfig) -> tuple[torch.Tensor, s
 # inside the party processes
 
 
-def _stats() -> dict[str, float]:
-    s = crypten_compat.comm_stats()
-    d = crypten_compat.dealer_stats()
-    return {"bytes": s["bytes"], "rounds": s["rounds"], "dealer_bytes": d["bytes"], "dealer_requests": d["rounds"]}
-
-
 def party_program(job: PartyJob) -> dict[str, Any]:
     """What the client or the server does once the process group is up (module docstring)."""
     if job.rank == SERVER:
@@ -107,7 +101,7 @@ def _forward_passes(cfg, weights, profile, n, seq_len, tokens, device, capture=F
     """Run `n` metered secure forwards; (meter states, client logits or None, server view)."""
     states, logits, view = [], [], None
     for i in range(n):
-        meter = Meter(_stats)
+        meter = Meter(crypten_compat.meter_stats)
         model = SecureGPT(cfg, weights, SecureOps(meter, profile))
         onehot = share_tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size, device)
         if capture and i == 0:
