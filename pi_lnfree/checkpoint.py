@@ -121,6 +121,18 @@ def save_checkpoint(
     atomic_torch_save(obj, path)
 
 
+def _unpickler_reason(message: str) -> str:
+    """The useful line of torch's weights_only refusal (e.g. "Trying to load unsupported GLOBAL
+    posix.system ..."), without the surrounding advice."""
+    message = message.split("WeightsUnpickler error:", 1)[-1]
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(advice):
+            return line.split(" Please use")[0][:200]
+    return "unsupported content"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint without executing code. Raises `CheckpointError`."""
     path = Path(path)
@@ -129,8 +141,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
-        first = lines[0] if lines else type(e).__name__
+        first = _unpickler_reason(str(e))
         raise CheckpointError(f"{path}: refused to load (not plain tensors/containers): {first}") from None
     except Exception as e:  # any other failure to parse (EOF, bad zip, bad opcode, ...) means corrupt
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
