@@ -113,9 +113,10 @@ def test_malicious_pickle_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "config": {}, "x": _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused") as exc:
         load_checkpoint(path)
     assert not marker.exists()
+    assert "unsupported GLOBAL" in str(exc.value) and "weights_only" not in str(exc.value)  # no unsafe advice
     # Also a raw pickle (not a torch zip file).
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(_Payload(str(marker))))
