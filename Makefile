@@ -14,11 +14,12 @@ $(PY):
 
 # torch: keep whatever build is present (a GPU user installs CUDA torch first);
 # otherwise take the CPU build 2.13.0 (from local disk on the project's machines).
-# crypten: --no-deps, because its published metadata pins uninstallable packages.
+# crypten: --no-deps, because its published metadata pins uninstallable packages; installed last
+# so pip's resolver does not report its unmet (unneeded) declared requirements.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps crypten==0.4.1
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps crypten==0.4.1
 	touch $(STAMP)
 
 install: $(STAMP)
