@@ -350,23 +350,41 @@ def convert(
     emit(result, as_json)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point: UserError -> one line on stderr, exit code 2.
+def _one_line_error(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
-    Returns normally on success (so tests can call `main([...])`); usage errors exit with 2.
+
+def _is_usage_error(exc: Exception) -> bool:
+    # Typer vendors its own copy of Click, so its exception classes are matched by shape.
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point. Bad input (a `UserError` or a usage error such as an unknown
+    option) -> one line on stderr and exit code 2; `--debug` shows the traceback instead.
+
+    Returns normally on success (so tests can call `main([...])`).
     """
     try:
-        app(args=argv, prog_name="pi-lnfree")  # Typer/Click handle usage errors (exit 2)
-    except SystemExit as e:
-        if argv is not None and e.code in (0, None):
-            return  # programmatic call that succeeded
-        raise
+        code = app(args=argv, prog_name="pi-lnfree", standalone_mode=False)
     except UserError as e:
         if _state["debug"]:
             raise
-        message = " ".join(str(e).split())
-        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _one_line_error(str(e), 2)
+    except KeyboardInterrupt:
+        _one_line_error("interrupted", 130)
+    except Exception as e:
+        if not _is_usage_error(e) or _state["debug"]:
+            raise
+        if not e.format_message().strip():  # no arguments at all: the help was just printed
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _one_line_error(e.format_message() + hint, e.exit_code)
+    else:
+        if isinstance(code, int) and code != 0:  # e.g. `ctx.exit(1)` inside a command
+            sys.exit(code)
 
 
 if __name__ == "__main__":

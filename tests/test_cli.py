@@ -24,6 +24,13 @@ def test_every_command_has_help(command, capsys):
     assert "Usage:" in out and len(out.splitlines()) > 4
 
 
-def test_usage_error_exits_2():
-    res = subprocess.run([sys.executable, "-m", "pi_lnfree.cli", "eval", "--no-such-flag"], capture_output=True, text=True)
-    assert res.returncode == 2
+@pytest.mark.parametrize("args,words", [
+    (["eval", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["convert"], "Missing option '--from-hf'"),
+    (["bogus"], "No such command 'bogus'"),
+])
+def test_usage_error_is_one_line_and_exits_2(args, words):
+    res = subprocess.run([sys.executable, "-m", "pi_lnfree.cli", *args], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0] and "--help" in lines[0]
