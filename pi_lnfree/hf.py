@@ -18,8 +18,8 @@ from pi_lnfree.config import ModelConfig, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT
 
-_GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-_NEOX_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+# HF activation names (GPT-2's activation_function, GPT-NeoX's hidden_act) -> ours.
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 def _transformers():
@@ -37,10 +37,10 @@ def _ffn_mult(ffn: int | None, d: int) -> int:
     return ffn // d
 
 
-def _activation(name: str, table: dict[str, str]) -> str:
-    if name not in table:
+def _activation(name: str) -> str:
+    if name not in _HF_ACT:
         raise UserError(f"Hugging Face activation {name!r} has no pi-lnfree counterpart")
-    return table[name]
+    return _HF_ACT[name]
 
 
 def _neox_rope(hf_cfg: Any) -> tuple[float, float]:
@@ -61,7 +61,7 @@ def _gpt2_config(c: Any) -> ModelConfig:
     return ModelConfig(
         vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
         block_size=c.n_positions, norm="layernorm", final_norm=True, norm_eps=c.layer_norm_epsilon,
-        activation=_activation(c.activation_function, _GPT2_ACT), residual="sequential",
+        activation=_activation(c.activation_function), residual="sequential",
         position="learned", tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)), bias=True,
         ffn_mult=_ffn_mult(c.n_inner, c.n_embd), init_std=c.initializer_range,
     )
@@ -89,7 +89,7 @@ def _neox_config(c: Any) -> ModelConfig:
     return ModelConfig(
         vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
         n_embd=c.hidden_size, block_size=c.max_position_embeddings, norm="layernorm", final_norm=True,
-        norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act, _NEOX_ACT),
+        norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act),
         residual="parallel" if c.use_parallel_residual else "sequential", position="rotary",
         rotary_pct=pct, rotary_base=base, tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         bias=bool(getattr(c, "attention_bias", True)), ffn_mult=_ffn_mult(c.intermediate_size, c.hidden_size),
