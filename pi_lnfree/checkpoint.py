@@ -9,6 +9,7 @@ save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import subprocess
@@ -41,7 +42,9 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The source tree's commit, looked up once per process (checkpoints are saved often)."""
     try:
         res = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
