@@ -86,13 +86,16 @@ def _neox_config(c: Any) -> ModelConfig:
     head_dim = c.hidden_size // c.num_attention_heads
     if int(head_dim * pct) % 2:
         raise UserError(f"rotary dims {int(head_dim * pct)} per head must be even")
+    if not getattr(c, "attention_bias", True):
+        # GPT-NeoX keeps MLP biases without attention biases; our `bias` switch covers all layers.
+        raise UserError("GPT-NeoX with attention_bias=false (MLP biases only) is not supported")
     return ModelConfig(
         vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
         n_embd=c.hidden_size, block_size=c.max_position_embeddings, norm="layernorm", final_norm=True,
         norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act),
         residual="parallel" if c.use_parallel_residual else "sequential", position="rotary",
         rotary_pct=pct, rotary_base=base, tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-        bias=bool(getattr(c, "attention_bias", True)), ffn_mult=_ffn_mult(c.intermediate_size, c.hidden_size),
+        bias=True, ffn_mult=_ffn_mult(c.intermediate_size, c.hidden_size),
         init_std=c.initializer_range,
     )
 
@@ -120,13 +123,11 @@ def _neox_pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     pairs = [("wte.weight", "gpt_neox.embed_in.weight", ""), ("lm_head.weight", "lm_head.weight", ""),
              ("ln_f.weight", "gpt_neox.final_layer_norm.weight", ""),
              ("ln_f.bias", "gpt_neox.final_layer_norm.bias", "")]
-    kinds = ("weight", "bias") if cfg.bias else ("weight",)
     for i in range(cfg.n_layer):
         h, b = f"gpt_neox.layers.{i}.", f"blocks.{i}."
         for ours, theirs in _NEOX_NAMES:
             layout = "qkv" if ours == "attn.c_attn" else ""
-            norm = ours.startswith("ln_")
-            pairs += [(b + f"{ours}.{k}", h + f"{theirs}.{k}", layout) for k in (("weight", "bias") if norm else kinds)]
+            pairs += [(b + f"{ours}.{k}", h + f"{theirs}.{k}", layout) for k in ("weight", "bias")]
     return pairs
 
 

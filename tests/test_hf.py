@@ -80,6 +80,12 @@ def test_to_hf_round_trip(preset, variant, overrides):
         torch.testing.assert_close(from_hf(hf)(idx), ours(idx), atol=1e-5, rtol=1e-5)
 
 
+def test_neox_without_attention_biases_is_refused():
+    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**NEOX_SHAPES[1], attention_bias=False))
+    with pytest.raises(UserError, match="attention_bias"):
+        from_hf(hf)
+
+
 def test_ln_free_cannot_go_to_hf():
     with pytest.raises(UserError, match="cannot be expressed"):
         to_hf(GPT(make_config("tiny", "sm-r", vocab_size=50)))
