@@ -40,7 +40,7 @@ import numpy as np
 
 from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
-from pi_lnfree.secure.meter import CATEGORIES, FIELDS, empty_ops
+from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
 
 FORMAT = 2
@@ -397,8 +397,7 @@ def predict_ops(calls: list[Call], cal: Calibration) -> dict[str, dict[str, floa
 def predicted_state(calls: list[Call], cal: Calibration) -> dict[str, Any]:
     """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it."""
     ops = predict_ops(calls, cal)
-    span = {f: sum(ops[c][f] for c in CATEGORIES) for f in FIELDS}
-    return {"ops": ops, "span": span}
+    return {"ops": ops, "span": total_of(ops)}
 
 
 def predict(
