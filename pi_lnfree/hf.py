@@ -207,7 +207,7 @@ def to_hf(model: GPT) -> Any:
     _require(len(acts) == 1 and next(iter(acts)) in ("gelu", "gelu_tanh", "relu"), f"activation {sorted(acts)}")
     _require(cfg.bias, "HF models need biases")
     act = next(iter(acts))
-    ours = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ours = model.state_dict()  # load_state_dict below copies the values
     if cfg.position == "learned":
         _require(cfg.residual == "sequential", "GPT-2 has a sequential residual")
         hf_cfg = transformers.GPT2Config(
