@@ -344,11 +344,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_checkpoint_and_data(ckpt_path, data_dir, n_positions_offset: int, device=None):
-    """Load a checkpoint (file or run dir) and a data folder, and check they fit together.
-
-    `n_positions_offset` is how many positions of each sequence the model is *not* fed (1 for
-    eval, 0 for entropy). Returns (model, checkpoint dict, folder, identity dict).
+def load_checkpoint_and_data(ckpt_path, data_dir, device=None):
+    """Load a checkpoint (file or run dir) and a data folder made with its tokenizer (whether the
+    sequences fit the model's context is checked by `evaluate` / `entropy_matrix`).
+    Returns (model, folder, identity dict).
     """
     from pi_lnfree.checkpoint import load_model
     from pi_lnfree.config import variant_label, variant_name
@@ -358,22 +357,21 @@ def load_checkpoint_and_data(ckpt_path, data_dir, n_positions_offset: int, devic
     folder = load_data_folder(data_dir)
     model, ckpt = load_model(path, device or default_device())
     check_same_tokenizer(model.config, folder, ckpt)
-    check_fits(model.config, folder, int(folder.seq_len) - n_positions_offset)
     identity = {"checkpoint": str(path), "variant": variant_name(model.config), "label": variant_label(model.config)}
-    return model, ckpt, folder, identity
+    return model, folder, identity
 
 
 def eval_checkpoint(ckpt_path, data_dir, batch_size: int = 16, batches: int | None = None,
                     show_progress: bool = False) -> dict[str, Any]:
     """`pi-lnfree eval`: {"loss", "ppl", "tokens", "sequences", "checkpoint", "variant", "label"}."""
-    model, _, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir, 1)
+    model, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir)
     return {**evaluate(model, folder, batch_size, batches, show_progress), **identity}
 
 
 def entropy_checkpoint(ckpt_path, data_dir, batch_size: int = 16, batches: int | None = None,
                        eps: float = DEFAULT_EPS, show_progress: bool = False) -> dict[str, Any]:
     """`pi-lnfree entropy`: `entropy_report` plus "checkpoint", "variant", "label"."""
-    model, _, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir, 0)
+    model, folder, identity = load_checkpoint_and_data(ckpt_path, data_dir)
     return {**entropy_report(model, folder, batch_size, batches, eps, show_progress), **identity}
 
 
