@@ -55,7 +55,7 @@ def ours(data: Path, batch: int, warmup: int, steps: int, threads: int, compile:
     import tempfile
 
     from pi_lnfree.config import load_recipe
-    from pi_lnfree.runtime import flops_per_token, setup_runtime
+    from pi_lnfree.runtime import setup_runtime
     from pi_lnfree.train import Trainer
 
     recipe = load_recipe(str(RECIPE), [f"data.dir={json.dumps(str(data))}", f"train.batch_size={batch}",
@@ -79,7 +79,7 @@ def ours(data: Path, batch: int, warmup: int, steps: int, threads: int, compile:
         return {
             "tokens_per_s": steps * tr.tokens_per_step / dt,
             "step_s": dt / steps,
-            "flops_per_token": flops_per_token(tr.model, tr.positions),
+            "flops_per_token": tr.flops_token,
             "entropy_s": entropy_s,
             "entropy_interval": recipe["train.entropy_interval"],
             "fused_adamw": bool(tr.optimizer.defaults.get("fused")),
