@@ -37,10 +37,10 @@ from pi_lnfree.secure.costmodel import (
     features,
     profile_knobs,
 )
-from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
+from pi_lnfree.secure.model import CLIENT, SERVER
+from pi_lnfree.secure.parties import DEALER, PartyJob, free_port, launch_local
 from pi_lnfree.secure.profile import ProtocolProfile, load_profile
 
-CLIENT, SERVER, DEALER = 0, 1, 2
 EXACT_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests")
 
 # Tiny shapes fix bytes and rounds exactly (cheap); larger, model-like shapes fix the seconds.
