@@ -18,6 +18,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """UserError when `vocab_size` is below the smallest byte-level BPE vocabulary."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"vocab size {vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE} "
+            "(256 bytes + the end-of-file token)"
+        )
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int):
     """Train a GPT-2 style byte-level BPE (no prefix space, `<|endoftext|>` special) on `texts`.
 
@@ -27,11 +36,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise UserError(
-            f"vocab size {vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE} "
-            "(256 bytes + the end-of-file token)"
-        )
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

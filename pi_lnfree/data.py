@@ -113,9 +113,8 @@ def load_data_folder(path: str | Path) -> DataFolder:
 def _check_arguments(vocab_size, seq_len, valid_fraction, tokenizer, limit_mb) -> None:
     if (vocab_size is None) == (tokenizer is None):
         raise UserError("give exactly one of --vocab-size N (train a tokenizer) or --tokenizer PATH")
-    if vocab_size is not None and vocab_size < bpe.MIN_VOCAB_SIZE:
-        raise UserError(f"vocab size {vocab_size} is too small: byte-level BPE needs at least "
-                        f"{bpe.MIN_VOCAB_SIZE} (256 bytes + the end-of-file token)")
+    if vocab_size is not None:
+        bpe.check_vocab_size(vocab_size)
     if seq_len < 2:
         raise UserError(f"--seq-len must be at least 2 (an input and a target token), got {seq_len}")
     if not 0.0 <= valid_fraction < 1.0:
