@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from pi_lnfree.report import preset_cost_runs
 from pi_lnfree.report_output import write_cost_tables
+from pi_lnfree.secure.costmodel import calibration_path
 
 protocol = sys.argv[1]
 variants = ["sm-ln-g", "sm-ln-r", "sm-g", "sm-r"]
@@ -40,7 +41,7 @@ variants = ["sm-ln-g", "sm-ln-r", "sm-g", "sm-r"]
 groups = [preset_cost_runs(p, variants, T, protocol, v)
           for p, v in (("gpt2-small", 52000), ("pythia-70m", 52096)) for T in (128, 256)]
 header = ["# Predicted private-inference cost at paper scale (cost model)", "",
-          f"Protocol profile `{protocol}` (its calibration `{Path(protocol).with_suffix('.calibration.json').name}`), "
+          f"Protocol profile `{protocol}` (its calibration `{calibration_path(protocol).name}`), "
           "networks from `protocols/networks.toml` (LAN 3 Gbit/s, 0.3 ms RTT; WAN 100 Mbit/s, 80 ms RTT).",
           "One forward pass of one sequence of T tokens, embedding and LM head included; bytes sent by both parties "
           "together; latency = estimated local compute (calibration machine) + rounds x RTT + bytes / bandwidth. "
