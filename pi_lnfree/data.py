@@ -202,7 +202,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
 
     total = None if limit_bytes is not None else source.n_files
     try:
-        with _progress_bar() as bar:
+        with progress(transient=True) as bar:
             task = bar.add_task("tokenizing", total=total)
             for split, text in iter_documents(source, valid_fraction, stats, limit_bytes):
                 pending[split].append(text)
@@ -222,7 +222,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
 def _train_tokenizer(source, vocab_size: int, valid_fraction: float, limit_bytes: int | None):
     stats = ReadStats()
     total = None if limit_bytes is not None else source.n_files
-    with _progress_bar() as bar:
+    with progress(transient=True) as bar:
         task = bar.add_task("training tokenizer", total=total)
 
         def texts():
@@ -322,11 +322,6 @@ def prepare(
         console.print("[yellow]warning:[/yellow] the validation split is empty; raise --valid-fraction "
                       "or use a larger corpus before evaluating", highlight=False)
     return {**manifest, "reused": False}
-
-
-def _progress_bar():
-    """A transient bar on an interactive stderr; nothing when stderr is a file or pipe (logs, CI)."""
-    return progress(transient=True)
 
 
 def _skipped(stats: ReadStats) -> str:
