@@ -365,9 +365,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return {"nan": "nan", "inf": "inf", "-inf": "-inf"}[repr(value)]
-        return repr(value)
+        return repr(value)  # also nan, inf and -inf, which TOML spells the same way
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
