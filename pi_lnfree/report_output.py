@@ -44,12 +44,11 @@ def family_tables(runs: list) -> dict[str, pd.DataFrame]:
     }
 
 
-def run_rows(runs: list) -> pd.DataFrame:
+def run_rows(families: dict[str, list], fam_tables: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """report.csv: one row per run with the main table's and the predicted table's numbers."""
     rows = []
-    for fam, members in tb.group_families(runs).items():
-        main = tb.main_table(members, "secure")
-        pred = tb.cost_table(members, "cost")
+    for fam, members in families.items():
+        main, pred = fam_tables[fam]["main"], fam_tables[fam]["predicted"]
         for i, run in enumerate(members):
             row = {"family": fam, "run_dir": str(run.run_dir), "variant": run.variant}
             row.update(main.iloc[i].to_dict())
@@ -218,7 +217,7 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
             table = tb.to_rich(fam_tables[fam]["main"].rename(columns=tb.SHORT_NAMES), members[0].family_title)
             wide = console if console.is_terminal else Console(stderr=True, width=160)  # logs: don't squeeze
             wide.print(table)
-    run_rows(runs).to_csv(out / "report.csv", index=False)
+    run_rows(families, fam_tables).to_csv(out / "report.csv", index=False)
     (out / "report.md").write_text(render_markdown(runs, fam_tables, fam_figures, opts, command, out), encoding="utf-8")
     summary = {
         "out": str(out),
