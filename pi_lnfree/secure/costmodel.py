@@ -430,7 +430,6 @@ def predict(
     result = assemble_result(str(checkpoint) if checkpoint else None, cfg, profile, client, None, networks,
                              "predicted (no parties run)", 0.0)
     result.pop("fidelity", None)
-    result["checkpoint"] = str(checkpoint) if checkpoint else None
     result["predicted"] = True
     result["calibration"] = {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}}
     result["seconds_note"] = ("seconds are an estimate of local compute on the calibration machine; "

@@ -197,10 +197,11 @@ def _plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def assemble_result(
-    checkpoint: str, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
+    checkpoint: str | None, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
     plain_model, networks: dict, mode: str, wall_s: float,
 ) -> dict[str, Any]:
-    """The `secure-eval` result dict (see `pi_lnfree.secure.meter` for the cost fields)."""
+    """The `secure-eval` result dict (see `pi_lnfree.secure.meter` for the cost fields);
+    `checkpoint` is None for a prediction (`costmodel.predict`)."""
     avg = average(client["passes"])
     tot = total_of(avg["ops"])
     tokens: torch.Tensor = client["tokens"]
@@ -211,7 +212,7 @@ def assemble_result(
         fid["fixed_point_resolution"] = 2.0 ** -profile.precision_bits
     span = avg["span"]
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint,
         "variant": variant_label(cfg),
         "variant_name": variant_name(cfg),
         "protocol": profile.to_dict(),
