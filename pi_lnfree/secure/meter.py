@@ -63,6 +63,19 @@ class Meter:
         return {k: float(s.get(k, 0)) for k in COUNTERS}
 
     @contextmanager
+    def _record(self, rec: dict[str, float]):
+        """Add the block's counter increments, wall time and one call to `rec`."""
+        before, t0 = self._snapshot(), self._clock()
+        try:
+            yield
+        finally:
+            after, t1 = self._snapshot(), self._clock()
+            for k in COUNTERS:
+                rec[k] += after[k] - before[k]
+            rec["seconds"] += t1 - t0
+            rec["calls"] += 1
+
+    @contextmanager
     def op(self, category: str):
         """Attribute everything inside the block to `category` (outermost block wins)."""
         if category not in CATEGORIES:
@@ -70,31 +83,16 @@ class Meter:
         if self._active is not None:
             yield
             return
-        before, t0 = self._snapshot(), self._clock()
         self._active = category
         try:
-            yield
+            with self._record(self.ops[category]):
+                yield
         finally:
             self._active = None
-            after, t1 = self._snapshot(), self._clock()
-            rec = self.ops[category]
-            for k in COUNTERS:
-                rec[k] += after[k] - before[k]
-            rec["seconds"] += t1 - t0
-            rec["calls"] += 1
 
-    @contextmanager
     def span(self):
         """Measure a whole forward pass with the raw counters (for the attribution check)."""
-        before, t0 = self._snapshot(), self._clock()
-        try:
-            yield
-        finally:
-            after, t1 = self._snapshot(), self._clock()
-            for k in COUNTERS:
-                self.span_total[k] += after[k] - before[k]
-            self.span_total["seconds"] += t1 - t0
-            self.span_total["calls"] += 1
+        return self._record(self.span_total)
 
     def state(self) -> dict[str, Any]:
         """Plain-dict snapshot, to send to the other party or the parent process."""
