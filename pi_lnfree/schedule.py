@@ -19,7 +19,7 @@ class LRSchedule:
         if decay not in ("linear", "cosine", "constant"):
             raise ValueError(f"unknown decay {decay!r}")
         self.lr, self.total, self.decay = lr, max(1, total_steps), decay
-        self.warmup = min(max(0, warmup_steps), self.total - 1) if self.total > 1 else 0
+        self.warmup = min(max(0, warmup_steps), self.total - 1)
         self.min_lr = lr * min_lr_frac
         self.step = 0
 
