@@ -232,10 +232,10 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
         T, rows = g("T"), g("H") * g("T")
         s = max_schedule(T, max_method)
         pw = [(rows * st.mult, st) for st in s.stages]  # (rows of the stage, stage)
+        pairs = sum(r * st.m * (st.row_length - 1) for r, st in pw)
         return {
             "size": {
-                "elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs,
-                "pairs": sum(r * st.m * (st.row_length - 1) for r, st in pw),
+                "elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs, "pairs": pairs,
                 "prod": sum(r * st.m * (st.row_length - 2) for r, st in pw if not st.sums),
                 "survivors": sum(r * st.m for r, st in pw),
                 "sums": sum(r * st.m for r, st in pw if st.sums),
@@ -245,8 +245,7 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
             "count": {"one": 1, "steps": s.steps, "stages": len(s.stages),
                       "prod_levels": sum(st.prod_levels for st in s.stages),
                       "sums": sum(int(st.sums) for st in s.stages)},
-            "time": {"elements": rows * T, "tree": rows * s.tree_pairs,
-                     "pairs": sum(r * st.m * (st.row_length - 1) for r, st in pw), "rows": rows, "one": 1},
+            "time": {"elements": rows * T, "tree": rows * s.tree_pairs, "pairs": pairs, "rows": rows, "one": 1},
         }
     if kind == "layernorm":
         n = g("T") * g("d")
