@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 
+from pi_lnfree.config import DECAYS
+
 
 class LRSchedule:
     """lr as a pure function of the step; the state is just the next step to take."""
 
     def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "linear",
                  min_lr_frac: float = 0.0):
-        if decay not in ("linear", "cosine", "constant"):
+        if decay not in DECAYS:
             raise ValueError(f"unknown decay {decay!r}")
         self.lr, self.total, self.decay = lr, max(1, total_steps), decay
         self.warmup = min(max(0, warmup_steps), self.total - 1)
