@@ -98,7 +98,7 @@ def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     k = a.shape[-1]
     n = b.shape[-1] if b.dim() >= 2 else 1
     k_block = min(MAX_K_BLOCK, max(k, 1))
-    n_block = _column_block(b, k_block) if b.dim() >= 2 else 1
+    n_block = _column_block(b, k_block)
     for k0 in range(0, k, k_block):
         k1 = min(k, k0 + k_block)
         a_limbs = split_limbs(a[..., k0:k1])
