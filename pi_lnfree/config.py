@@ -481,9 +481,10 @@ def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), 
     for sec, keys in SECTIONS.items():
         values.update({f"{sec}.{name}": (list(v) if isinstance(v, list) else v) for name, v in keys.items()})
     values.update(flat)
-    for key in ("train.epochs", "train.peak_flops", "optim.lr", "optim.weight_decay", "optim.beta1",
-                "optim.beta2", "optim.eps", "optim.grad_clip", "schedule.warmup_frac", "schedule.min_lr_frac"):
-        values[key] = float(values[key])
+    for sec, keys in SECTIONS.items():  # a float key given as an integer (lr = 1) is stored as a float
+        for name, default in keys.items():
+            if isinstance(default, float):
+                values[f"{sec}.{name}"] = float(values[f"{sec}.{name}"])
     for key in paths:
         if is_local(key, values[key]):
             values[key] = os.path.abspath(values[key])
