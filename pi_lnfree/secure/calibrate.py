@@ -38,7 +38,7 @@ from pi_lnfree.secure.costmodel import (
     profile_knobs,
 )
 from pi_lnfree.secure.model import CLIENT, SERVER
-from pi_lnfree.secure.parties import DEALER, PartyJob, free_port, launch_local
+from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.profile import ProtocolProfile, load_profile
 
 EXACT_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests")
@@ -218,10 +218,7 @@ def measure(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: fl
     Items: `{"type": "call", "kind", "dims", "repeat"}` (one primitive, see `design`),
     `{"type": "forward", "config": dict, "T"}` (a secure forward with random weights and tokens)
     or `{"type": "block", "config": dict, "T", "layer"}` (one block on a random shared input)."""
-    common = dict(profile=profile, timeout_s=timeout_s, master_port=free_port(),
-                  threads=max(1, (os.cpu_count() or 2) // 2), program=f"{__name__}:party_program", payload=items)
-    ranks = [CLIENT, SERVER] + ([DEALER] if profile.provider == "TTP" else [])
-    jobs = [PartyJob(rank=r, **{**common, "threads": 1} if r == DEALER else common) for r in ranks]
+    jobs = local_jobs(profile, timeout_s, program=f"{__name__}:party_program", payload=items)
     return launch_local(jobs, timeout_s)[CLIENT]
 
 

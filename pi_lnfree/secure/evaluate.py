@@ -47,7 +47,7 @@ from pi_lnfree.secure.meter import (
     total_of,
 )
 from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, check_supported, share_tokens, share_weights
-from pi_lnfree.secure.parties import DEALER, PartyFailure, PartyJob, free_port, launch_local, run_party
+from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks, run_party
 from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
 
 DEFAULT_SEQ_LEN = 32
@@ -288,14 +288,10 @@ def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, 
     cfg = plain_model.config
     tokens, source = make_tokens(spec, cfg)
     check_supported(cfg, profile, tokens.size(1))
-    common = dict(profile=profile, timeout_s=timeout_s, master_port=free_port(), device=device,
-                  threads=max(1, (os.cpu_count() or 2) // 2))
-    jobs = [
-        PartyJob(rank=CLIENT, tokens=tokens, token_spec={"source": source}, **common),
-        PartyJob(rank=SERVER, checkpoint=str(checkpoint), capture_server_view=capture, **common),
-    ]
-    if profile.provider == "TTP":
-        jobs.append(PartyJob(rank=DEALER, **{**common, "threads": 1}))
+    jobs = local_jobs(profile, timeout_s, {
+        CLIENT: dict(tokens=tokens, token_spec={"source": source}),
+        SERVER: dict(checkpoint=str(checkpoint), capture_server_view=capture),
+    }, device=device)
     results = launch_local(jobs, timeout_s, on_start=on_start)
     result = assemble_result(str(checkpoint), cfg, profile, results[CLIENT], plain_model, networks,
                              "local processes (gloo on 127.0.0.1)", time.perf_counter() - t0)
@@ -306,7 +302,7 @@ def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, 
 
 
 def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks, t0):
-    ranks = (CLIENT, SERVER, DEALER) if profile.provider == "TTP" else (CLIENT, SERVER)
+    ranks = party_ranks(profile)
     if rank not in ranks:
         raise UserError(f"--rank must be one of {ranks} with provider {profile.provider}, got {rank}")
     if master_port is None:

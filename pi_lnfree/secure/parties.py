@@ -79,6 +79,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def party_ranks(profile: Any) -> tuple[int, ...]:
+    """The ranks a run of `profile` has: client and server, plus the dealer under TTP."""
+    return (0, 1, DEALER) if profile.provider == "TTP" else (0, 1)
+
+
+def local_jobs(profile: Any, timeout_s: float, per_rank: dict[int, dict[str, Any]] | None = None,
+               **common: Any) -> list[PartyJob]:
+    """One job per rank of `profile` for `launch_local`, all on one free loopback port: `common`
+    fields go to every job, `per_rank[rank]` to that rank's only. The parties get half the CPUs'
+    threads each, the dealer one."""
+    common = dict(profile=profile, timeout_s=timeout_s, master_port=free_port(),
+                  threads=max(1, (os.cpu_count() or 2) // 2), **common)
+    per_rank = {DEALER: {"threads": 1}, **(per_rank or {})}
+    return [PartyJob(rank=r, **{**common, **per_rank.get(r, {})}) for r in party_ranks(profile)]
+
+
 def _describe_error(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     text = lines[0] if lines else ""
@@ -215,7 +231,17 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int
         time.sleep(poll_s)
 
 
-__all__ = ["PartyFailure", "PartyJob", "ROLES", "free_port", "launch_local", "party_label", "run_party"]
+__all__ = [
+    "PartyFailure",
+    "PartyJob",
+    "ROLES",
+    "free_port",
+    "launch_local",
+    "local_jobs",
+    "party_label",
+    "party_ranks",
+    "run_party",
+]
 
 
 if __name__ == "__main__":
