@@ -222,11 +222,6 @@ def cryptensor(tensor, src: int, device: str | None = None):
     return crypten.cryptensor(tensor, src=src, device=device)
 
 
-def is_cryptensor(obj: Any) -> bool:
-    """True for CrypTen's encrypted tensors."""
-    return isinstance(obj, get_crypten().CrypTensor)
-
-
 __all__ = [
     "comm_stats",
     "configure",
@@ -235,7 +230,6 @@ __all__ = [
     "get_crypten",
     "init_party",
     "install_fast_matmul",
-    "is_cryptensor",
     "reset_comm_stats",
     "run_dealer",
     "shutdown",
