@@ -63,10 +63,6 @@ class PartyJob:
     program: str = "pi_lnfree.secure.evaluate:party_program"
     payload: Any = None
 
-    @property
-    def role(self) -> str:
-        return ROLES.get(self.rank, f"rank {self.rank}")
-
 
 def party_label(rank: int) -> str:
     return f"{ROLES.get(rank, 'party')} (rank {rank})"
