@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pi_lnfree.config import ModelConfig
+from pi_lnfree.losses import linear_cross_entropy
 
 
 def make_norm(cfg: ModelConfig, enabled: bool) -> nn.Module:
@@ -154,12 +155,15 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attention: bool = False,
+        with_logits: bool = True,
     ):
         """Logits (B, T, V); plus the mean cross-entropy when `targets` are given; plus the list of
         per-layer attention probabilities (B, H, T, T) when `return_attention` is true.
 
         Returns `logits`, `(logits, loss)`, `(logits, attentions)` or `(logits, loss, attentions)`.
+        With `with_logits=False` (training) the logits slot is None: on CPU the loss is then
+        computed chunk by chunk without ever holding the (B, T, V) logits (`losses.py`).
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -172,14 +176,25 @@ class GPT(nn.Module):
             x, att = block(x, self.rotary, self.slopes, return_attention)
             if return_attention:
                 attentions.append(att)
-        logits = self.lm_head(self.ln_f(x))
-        out: tuple = (logits,)
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-            out += (loss,)
+        x = self.ln_f(x)
+        if targets is not None and not with_logits and self._chunked_loss_applies(x):
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            out: tuple = (None, loss)
+        else:
+            logits = self.lm_head(x)
+            out = (logits if with_logits else None,)
+            if targets is not None:
+                out += (F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1)),)
         if return_attention:
             out += (attentions,)
         return out[0] if len(out) == 1 else out
+
+    @staticmethod
+    def _chunked_loss_applies(x: torch.Tensor) -> bool:
+        # CPU fp32 eager only: on CUDA the fused kernels (and torch.compile) already handle the
+        # logits well, and autocast or tracing would change what the hand-written pass computes.
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling())
 
     def num_parameters(self) -> int:
         """Parameter count with tied weights counted once."""

@@ -221,7 +221,7 @@ class Trainer:
                 sync = self.train_model.no_sync()
             with sync:
                 with rt.autocast():
-                    _, loss = self.train_model(batch[:, :-1], batch[:, 1:])
+                    _, loss = self.train_model(batch[:, :-1], batch[:, 1:], with_logits=False)
                 if poison:
                     loss = loss * float("nan")
                 scaled = loss / accum
