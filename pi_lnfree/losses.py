@@ -28,13 +28,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros_like(weight) if need_grad else None
         total = h.new_zeros((), dtype=torch.float64)
+        minus_one = h.new_full((min(rows, n), 1), -1.0)
         for start in range(0, n, rows):
             hc, tc = h[start:start + rows], targets[start:start + rows]
             logp = torch.log_softmax(hc @ weight.t(), dim=1)
             total -= logp.gather(1, tc[:, None]).sum(dtype=torch.float64)
             if need_grad:
                 probs = logp.exp_()
-                probs[torch.arange(tc.numel(), device=tc.device), tc] -= 1.0
+                probs.scatter_add_(1, tc[:, None], minus_one[: tc.numel()])
                 torch.mm(probs, weight, out=grad_h[start:start + rows])
                 grad_w.addmm_(probs.t(), hc)
         ctx.save_for_backward(grad_h, grad_w)
