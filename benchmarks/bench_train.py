@@ -3,15 +3,21 @@
 Same shape (cpu-small: 4 layers, 4 heads, d=128, GELU, LayerNorm, tied embeddings), same data
 (the chunks of one data folder, 128 tokens -> 127 targets each), same batch, same optimizer
 (fused AdamW, lr 1e-3, wd 0.1, eps 1e-8, clip 1.0, linear schedule with 5% warmup), fp32,
-the same number of torch threads, in one process, alternating: ours, HF, ours, HF, ...
-Tokens/s counts trained target tokens (127 per sequence for both; HF runs 128 positions to get
-them, as a Trainer user feeding whole chunks does).
+the same number of torch threads, in one process. Tokens/s counts trained target tokens (127 per
+sequence for both; HF runs 128 positions to get them, as a Trainer user feeding whole chunks does).
 
-Also measured here: the fp32 matmul peak of this machine (best of square torch.mm sizes), model
-FLOPs utilization of both (6 x matmul weights + 12 x layers x T x d per token), and the cost of
-entropy logging at the recipe's default interval relative to training time.
+The two are interleaved step by step: the HF Trainer runs its own loop, and a callback at the end
+of each of its steps times one step of ours (`Trainer.step`, the loop body of `pi-lnfree train`)
+and then one square fp32 matmul (the machine's peak at that moment). HF's step time runs from
+the end of that matmul to the end of its next step, so it includes its data loading. Each
+triple shares the machine's state, so on a machine whose speed drifts (a VM with noisy
+neighbours) the per-step ratio and MFU stay meaningful; medians over the steps are reported.
 
-    .venv/bin/python benchmarks/bench_train.py [--data DIR] [--threads 2] [--rounds 3] [--steps 20]
+Also measured: the matmul-only ceiling (the MFU a loop would reach if everything but the model's
+matmuls took no time: each matmul shape's rate relative to a square matmul timed right next to
+it) and the cost of entropy logging at the recipe's default interval relative to training time.
+
+    .venv/bin/python benchmarks/bench_train.py [--data DIR] [--threads 2] [--steps 40] [--warmup 3]
     .venv/bin/python benchmarks/bench_train.py --threads 1 --clock cpu   # on a busy machine
 """
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,59 +38,30 @@ RECIPE = ROOT / "training" / "cpu.toml"
 # what a quiet machine's wall clock would show, when other jobs share the cores.
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 now = time.perf_counter
+SQUARE = 1024  # the square matmul whose rate stands for the machine's fp32 peak
 
 
-def matmul_peak(threads: int, seconds: float = 1.0, sizes=(256, 512, 1024, 2048)) -> dict:
-    """Best fp32 FLOP/s of torch.mm over a few square sizes (each timed for ~`seconds`)."""
-    torch.set_num_threads(threads)
-    best = {}
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(3):
-            torch.mm(a, b)
-        reps, t0 = 0, now()
-        while now() - t0 < seconds:
-            torch.mm(a, b)
-            reps += 1
-        best[n] = 2 * n**3 * reps / (now() - t0)
-    return {"peak_flops": max(best.values()), "by_size": {str(k): v for k, v in best.items()}}
+def mm_rate(m: int, k: int, n: int, seconds: float) -> float:
+    """FLOP/s of an (m, k) @ (k, n) fp32 torch.mm, timed for about `seconds`."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, now()
+    while now() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * m * k * n * reps / (now() - t0)
 
 
-def ours(data: Path, batch: int, warmup: int, steps: int, threads: int, compile: bool = False) -> dict:
-    """Tokens/s of `Trainer.step` (the loop body of `pi-lnfree train`) after `warmup` steps."""
-    import tempfile
-
+def our_trainer(data: Path, batch: int, steps: int, threads: int, tmp: str):
+    """Our Trainer on training/cpu.toml with this data and batch (progress bar off)."""
     from pi_lnfree.config import load_recipe
     from pi_lnfree.runtime import setup_runtime
     from pi_lnfree.train import Trainer
 
     recipe = load_recipe(str(RECIPE), [f"data.dir={json.dumps(str(data))}", f"train.batch_size={batch}",
-                                       f"train.max_steps={warmup + steps}", "train.progress=false",
-                                       f"train.compile={'true' if compile else 'false'}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(recipe, Path(tmp), setup_runtime("cpu", "fp32", threads), resume=False)
-        for _ in range(warmup):
-            tr.step()
-            tr.c.step += 1
-        t0 = now()
-        for _ in range(steps):
-            tr.step()
-            tr.c.step += 1
-        dt = now() - t0
-        # Entropy logging: one record on the fixed validation batch, timed over a few calls.
-        e0 = now()
-        for _ in range(3):
-            tr.entropy_record()
-        entropy_s = (now() - e0) / 3
-        return {
-            "tokens_per_s": steps * tr.tokens_per_step / dt,
-            "step_s": dt / steps,
-            "flops_per_token": tr.flops_token,
-            "entropy_s": entropy_s,
-            "entropy_interval": recipe["train.entropy_interval"],
-            "fused_adamw": bool(tr.optimizer.defaults.get("fused")),
-            "parameters": tr.model.num_parameters(),
-        }
+                                       f"train.max_steps={steps}", "train.progress=false"])
+    return Trainer(recipe, Path(tmp), setup_runtime("cpu", "fp32", threads), resume=False)
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -99,11 +76,10 @@ class _Chunks(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
-def hf(data: Path, batch: int, warmup: int, steps: int, threads: int) -> dict:
-    """Tokens/s of HF Trainer on GPT2LMHeadModel of the same shape, timed from step `warmup`."""
-    import tempfile
-
+def paired_steps(data: Path, batch: int, steps: int, threads: int) -> dict:
+    """Per-step seconds of HF Trainer and of ours, with the square-matmul peak between them."""
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 
     from pi_lnfree.data import load_data_folder
@@ -115,24 +91,107 @@ def hf(data: Path, batch: int, warmup: int, steps: int, threads: int) -> dict:
                      activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg)
-    stamps: list[float] = []
+    times: dict[str, list[float]] = {"hf": [], "ours": [], "peak": []}
+    with tempfile.TemporaryDirectory() as ours_dir, tempfile.TemporaryDirectory() as hf_dir:
+        ours = our_trainer(data, batch, steps, threads, ours_dir)
+        resumed = [now()]
 
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            stamps.append(now())
+        class Interleave(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                times["hf"].append(now() - resumed[0])
+                t0 = now()
+                ours.step()
+                ours.c.step += 1
+                times["ours"].append(now() - t0)
+                times["peak"].append(mm_rate(SQUARE, SQUARE, SQUARE, 0.15))
+                resumed[0] = now()
 
-    with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch, max_steps=warmup + steps, learning_rate=1e-3,
+            output_dir=hf_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
             weight_decay=0.1, adam_epsilon=1e-8, max_grad_norm=1.0, lr_scheduler_type="linear",
-            warmup_steps=max(1, round(0.05 * (warmup + steps))), optim="adamw_torch_fused", logging_strategy="no", save_strategy="no",
-            report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+            warmup_steps=max(1, round(0.05 * steps)), optim="adamw_torch_fused", logging_strategy="no",
+            save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
         )
-        Trainer(model=model, args=args, train_dataset=_Chunks(folder.train), callbacks=[Clock()]).train()
-    dt = stamps[-1] - stamps[warmup - 1]
-    positions = folder.seq_len
-    return {"tokens_per_s": steps * batch * (positions - 1) / dt, "step_s": dt / steps,
-            "parameters": sum(p.numel() for p in model.parameters())}
+        resumed[0] = now()
+        hf_trainer = Trainer(model=model, args=args, train_dataset=_Chunks(folder.train), callbacks=[Interleave()])
+        hf_trainer.remove_callback(PrinterCallback)  # its end-of-training dict would interleave with our output
+        hf_trainer.train()
+        # Entropy logging: one record on the fixed validation batch, timed over a few calls.
+        e0 = now()
+        for _ in range(3):
+            ours.entropy_record()
+        times["entropy_s"] = (now() - e0) / 3
+        times["entropy_interval"] = ours.recipe["train.entropy_interval"]
+        times["flops_per_token"] = ours.flops_token
+        times["tokens_per_step"] = ours.tokens_per_step
+        times["fused_adamw"] = bool(ours.optimizer.defaults.get("fused"))
+    return times
+
+
+def matmul_ceiling(data: Path, batch: int, threads: int, seconds: float = 0.2) -> dict:
+    """The MFU a loop would reach if everything but the model's matmuls took no time at all.
+
+    Every matmul shape one training step runs (each Linear's forward, input-gradient and
+    weight-gradient products over batch x 127 rows; the LM head in the chunks `losses.py` uses)
+    is timed next to the square matmul, giving its efficiency relative to the peak; attention
+    FLOPs count at the peak. Skinny K=128 products and output-bound forwards run below the
+    square's rate, so this is under 100% before any non-matmul work is counted.
+    """
+    from pi_lnfree.config import load_recipe
+    from pi_lnfree.data import load_data_folder
+    from pi_lnfree.losses import CHUNK_ELEMENTS
+    from pi_lnfree.model import GPT
+    from pi_lnfree.runtime import flops_per_token
+
+    torch.set_num_threads(threads)
+    folder = load_data_folder(data)
+    cfg = load_recipe(str(RECIPE), []).model_config(int(folder.vocab_size), int(folder.seq_len))
+    model = GPT(cfg)
+    positions = int(folder.seq_len) - 1
+    rows = batch * positions
+    shapes: dict[tuple[int, int, int], int] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        d_in, d_out = mod.in_features, mod.out_features
+        r, times = rows, 1
+        if name == "lm_head":  # chunked, as in losses.linear_cross_entropy
+            r = max(64, CHUNK_ELEMENTS // d_out)
+            times = -(-rows // r)
+        for shape in ((r, d_in, d_out), (r, d_out, d_in), (d_out, r, d_in)):
+            shapes[shape] = shapes.get(shape, 0) + times
+    peak_seconds = 0.0  # the step's matmul time in units of "seconds at the square rate"
+    efficiency = {}
+    for (m, k, n), times in shapes.items():
+        rate = mm_rate(m, k, n, seconds)
+        square = mm_rate(SQUARE, SQUARE, SQUARE, seconds)
+        efficiency[f"{m}x{k}x{n}"] = rate / square
+        peak_seconds += times * 2 * m * k * n / (rate / square)
+    step_flops = flops_per_token(model, positions) * rows
+    attention_flops = 12.0 * cfg.n_layer * positions * cfg.n_embd * rows
+    return {"ceiling_mfu": step_flops / (peak_seconds + attention_flops), "shape_efficiency": efficiency}
+
+
+def summarize(t: dict, warmup: int) -> dict:
+    """Medians over the steps after `warmup`: tokens/s, per-step ratio, MFU against the peak
+    measured right after each of our steps."""
+    hf, ours, peak = (np.asarray(t[k][warmup:]) for k in ("hf", "ours", "peak"))
+    tokens = t["tokens_per_step"]
+    ours_flops, hf_flops = t["flops_per_token"] * tokens, t["flops_per_token"] * tokens * 128 / 127
+    median = lambda x: float(np.median(x))  # noqa: E731
+    return {
+        "steps_timed": len(ours),
+        "ours_tokens_per_s": median(tokens / ours), "hf_tokens_per_s": median(tokens / hf),
+        "ratio_median": median(hf / ours),
+        "ratio_quartiles": [float(q) for q in np.quantile(hf / ours, [0.25, 0.75])],
+        "peak_gflops_median": median(peak) / 1e9,
+        "ours_mfu_median": median(ours_flops / ours / peak), "hf_mfu_median": median(hf_flops / hf / peak),
+        "ours_step_s": median(ours), "hf_step_s": median(hf),
+        "flops_per_token": t["flops_per_token"],
+        "entropy_record_s": t["entropy_s"], "entropy_interval": t["entropy_interval"],
+        "entropy_overhead": t["entropy_s"] / (t["entropy_interval"] * median(ours)),
+        "fused_adamw": t["fused_adamw"],
+    }
 
 
 def main() -> None:
@@ -141,66 +200,29 @@ def main() -> None:
                     help="prepared data folder (made from the stdlib with vocab 4096 when missing)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3, help="paired steps left out of the medians")
+    ap.add_argument("--steps", type=int, default=40, help="paired steps in all")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="wall seconds, or this process's CPU seconds (use with --threads 1 on a shared machine)")
-    ap.add_argument("--compile", action="store_true", help="also time our trainer with train.compile=true once")
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--json", type=Path, help="also write the results (with every step's times) here")
     a = ap.parse_args()
     global now
     now = CLOCK[a.clock]
     if a.clock == "cpu" and a.threads != 1:
         ap.error("--clock cpu needs --threads 1 (idle OpenMP threads spin and count as CPU time)")
+    if a.steps <= a.warmup:
+        ap.error("--steps must exceed --warmup")
     if not (a.data / "manifest.json").exists():
         from pi_lnfree.data import prepare
 
         prepare(source="python-stdlib", out=a.data, vocab_size=4096)
-    torch.set_num_threads(a.threads)
-    peak = matmul_peak(a.threads)
-    # HF computes 128 positions per 127 targets: its FLOPs per target token are ours x 128/127
-    # (to within the attention term's T=128 vs 127, 0.1%).
-    rounds = []
-    for r in range(a.rounds):
-        # The peak is re-measured every round (largest sizes only), so that MFU compares like with
-        # like when other processes share the cores.
-        p = matmul_peak(a.threads, 0.5, sizes=(1024, 2048))["peak_flops"]
-        o = ours(a.data, a.batch, a.warmup, a.steps, a.threads)
-        h = hf(a.data, a.batch, a.warmup, a.steps, a.threads)
-        fpt = o["flops_per_token"]
-        rounds.append({"ours": o, "hf": h, "ratio": o["tokens_per_s"] / h["tokens_per_s"], "peak_flops": p,
-                       "ours_mfu": o["tokens_per_s"] * fpt / p, "hf_mfu": h["tokens_per_s"] * fpt * 128 / 127 / p})
-        print(f"round {r + 1}: ours {o['tokens_per_s']:,.0f} tok/s, HF {h['tokens_per_s']:,.0f} tok/s, "
-              f"ratio {rounds[-1]['ratio']:.3f}, peak {p / 1e9:.1f} GFLOP/s, MFU ours "
-              f"{rounds[-1]['ours_mfu']:.1%} HF {rounds[-1]['hf_mfu']:.1%}", flush=True)
-    fpt = rounds[0]["ours"]["flops_per_token"]
-    ours_tps = statistics.median(r["ours"]["tokens_per_s"] for r in rounds)
-    hf_tps = statistics.median(r["hf"]["tokens_per_s"] for r in rounds)
-    step_s = statistics.median(r["ours"]["step_s"] for r in rounds)
-    ent_s = statistics.median(r["ours"]["entropy_s"] for r in rounds)
-    interval = rounds[0]["ours"]["entropy_interval"]
-    result = {
-        "threads": a.threads, "clock": a.clock, "batch": a.batch, "steps_per_round": a.steps, "rounds": rounds,
-        "matmul_peak_gflops": peak["peak_flops"] / 1e9, "matmul_by_size_gflops": {
-            k: v / 1e9 for k, v in peak["by_size"].items()},
-        "ours_tokens_per_s": ours_tps, "hf_tokens_per_s": hf_tps,
-        "ratio_median": statistics.median(r["ratio"] for r in rounds),
-        "ours_mfu_median": statistics.median(r["ours_mfu"] for r in rounds),
-        "hf_mfu_median": statistics.median(r["hf_mfu"] for r in rounds),
-        "flops_per_token": fpt,
-        "entropy_record_s": ent_s, "entropy_interval": interval,
-        "entropy_overhead": ent_s / (interval * step_s),
-        "fused_adamw": rounds[0]["ours"]["fused_adamw"],
-    }
-    if a.compile:
-        c = ours(a.data, a.batch, a.warmup, a.steps, a.threads, compile=True)
-        result["ours_compiled_tokens_per_s"] = c["tokens_per_s"]
-        result["ours_compiled_mfu"] = c["tokens_per_s"] * fpt / peak["peak_flops"]
-        result["ours_compiled_vs_hf"] = c["tokens_per_s"] / hf_tps
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=1))
+    times = paired_steps(a.data, a.batch, a.steps, a.threads)
+    result = {"threads": a.threads, "clock": a.clock, "batch": a.batch, "warmup": a.warmup,
+              **summarize(times, a.warmup), **matmul_ceiling(a.data, a.batch, a.threads)}
+    shown = {k: v for k, v in result.items() if k != "shape_efficiency"}
+    print(json.dumps(shown, indent=1))
     if a.json:
-        a.json.write_text(json.dumps(result, indent=1))
+        a.json.write_text(json.dumps({**result, "per_step": {k: times[k] for k in ("hf", "ours", "peak")}}, indent=1))
 
 
 if __name__ == "__main__":
