@@ -8,7 +8,8 @@ taken a chunk at a time, small enough that the chunk's logits stay in cache, and
 is the end of the graph its gradient is formed in the same pass: softmax minus one-hot, then
 grad_h = G @ W and grad_W += G^T @ h. Backward only scales the two by the incoming gradient.
 Same math, same FLOPs; on the CPU recipe it takes the LM head + loss from ~190 ms to ~115 ms per
-step (2 threads, `benchmarks/bench_train.py`).
+step on 2 threads, and the whole step from parity with HF Trainer to 1.16-1.21x its tokens/s
+(`benchmarks/results/bench_train.md`).
 """
 
 from __future__ import annotations
@@ -24,20 +25,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
         n = h.size(0)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros_like(weight) if need_grad else None
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
         total = h.new_zeros((), dtype=torch.float64)
         minus_one = h.new_full((min(rows, n), 1), -1.0)
         for start in range(0, n, rows):
             hc, tc = h[start:start + rows], targets[start:start + rows]
             logp = torch.log_softmax(hc @ weight.t(), dim=1)
             total -= logp.gather(1, tc[:, None]).sum(dtype=torch.float64)
-            if need_grad:
+            if need_h or need_w:
                 probs = logp.exp_()
                 probs.scatter_add_(1, tc[:, None], minus_one[: tc.numel()])
-                torch.mm(probs, weight, out=grad_h[start:start + rows])
-                grad_w.addmm_(probs.t(), hc)
+                if need_h:
+                    torch.mm(probs, weight, out=grad_h[start:start + rows])
+                if need_w:
+                    grad_w.addmm_(probs.t(), hc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n = n
         return (total / n).to(h.dtype)
@@ -46,9 +49,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_loss / ctx.n
-        gh = grad_h * scale if ctx.needs_input_grad[0] else None
-        gw = grad_w * scale if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None
+        return (None if grad_h is None else grad_h * scale, None if grad_w is None else grad_w * scale,
+                None, None)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
