@@ -139,7 +139,7 @@ def matmul_ceiling(data: Path, batch: int, threads: int, seconds: float = 0.2) -
     """
     from pi_lnfree.config import load_recipe
     from pi_lnfree.data import load_data_folder
-    from pi_lnfree.losses import CHUNK_ELEMENTS
+    from pi_lnfree.losses import chunk_rows
     from pi_lnfree.model import GPT
     from pi_lnfree.runtime import flops_per_token
 
@@ -154,22 +154,25 @@ def matmul_ceiling(data: Path, batch: int, threads: int, seconds: float = 0.2) -
         if not isinstance(mod, torch.nn.Linear):
             continue
         d_in, d_out = mod.in_features, mod.out_features
-        r, times = rows, 1
-        if name == "lm_head":  # chunked, as in losses.linear_cross_entropy
-            r = max(64, CHUNK_ELEMENTS // d_out)
-            times = -(-rows // r)
-        for shape in ((r, d_in, d_out), (r, d_out, d_in), (d_out, r, d_in)):
-            shapes[shape] = shapes.get(shape, 0) + times
+        # The LM head runs in chunks of rows (losses.linear_cross_entropy), the last one shorter.
+        per = chunk_rows(d_out) if name == "lm_head" else rows
+        blocks = [per] * (rows // per) + ([rows % per] if rows % per else [])
+        for r in blocks:
+            for shape in ((r, d_in, d_out), (r, d_out, d_in), (d_out, r, d_in)):
+                shapes[shape] = shapes.get(shape, 0) + 1
     peak_seconds = 0.0  # the step's matmul time in units of "seconds at the square rate"
+    matmul_flops = 0.0
     efficiency = {}
     for (m, k, n), times in shapes.items():
         rate = mm_rate(m, k, n, seconds)
         square = mm_rate(SQUARE, SQUARE, SQUARE, seconds)
         efficiency[f"{m}x{k}x{n}"] = rate / square
+        matmul_flops += times * 2 * m * k * n
         peak_seconds += times * 2 * m * k * n / (rate / square)
     step_flops = flops_per_token(model, positions) * rows
-    attention_flops = 12.0 * cfg.n_layer * positions * cfg.n_embd * rows
-    return {"ceiling_mfu": step_flops / (peak_seconds + attention_flops), "shape_efficiency": efficiency}
+    # What the model FLOPs hold beyond the Linear products is attention, counted at the peak.
+    return {"ceiling_mfu": step_flops / (peak_seconds + step_flops - matmul_flops),
+            "shape_efficiency": efficiency}
 
 
 def summarize(t: dict, warmup: int) -> dict:

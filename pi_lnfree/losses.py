@@ -21,6 +21,11 @@ import torch
 CHUNK_ELEMENTS = 2 * 1024 * 1024
 
 
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk for a vocabulary of `vocab_size`: about CHUNK_ELEMENTS logits, at least 64."""
+    return max(64, CHUNK_ELEMENTS // vocab_size)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
@@ -65,5 +70,5 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if h.dim() != 2 or targets.shape != h.shape[:1]:
         raise ValueError(f"expected h (N, d) and targets (N,), got {tuple(h.shape)} and {tuple(targets.shape)}")
     if rows is None:
-        rows = max(64, CHUNK_ELEMENTS // weight.size(0))
+        rows = chunk_rows(weight.size(0))
     return _LinearCrossEntropy.apply(h, weight, targets, rows)
