@@ -115,6 +115,7 @@ class ValidRange:
     high: float
     tolerance: str
     source: str
+    sides: str = "both"  # which limits an input can approach: "both", "low" or "high"
 
     def contains(self, lo: float, hi: float) -> bool:
         return self.low <= lo and hi <= self.high
@@ -123,9 +124,9 @@ class ValidRange:
         """How far the observed [lo, hi] may grow before leaving the range, as a fraction of the
         range's own limit on the side that binds first (negative when already outside)."""
         rooms = []
-        if math.isfinite(self.high) and self.high != 0:
+        if self.sides != "low" and math.isfinite(self.high) and self.high != 0:
             rooms.append((self.high - hi) / abs(self.high))
-        if math.isfinite(self.low) and self.low != 0:
+        if self.sides != "high" and math.isfinite(self.low) and self.low != 0:
             rooms.append((lo - self.low) / abs(self.low))
         return min(rooms) if rooms else math.inf
 
@@ -152,7 +153,7 @@ def exp_range(exp_iterations: int, frac_bits: int = FRAC_BITS) -> ValidRange:
     ok = (exp_limit(x, exp_iterations, frac_bits) - torch.exp(x)).abs() <= 1e-2
     low, _ = _interval(x, ok, 0.0)
     return ValidRange("softmax exp", low, 0.0, "1e-2 absolute",
-                      f"CrypTen exp (1 + x/2^{exp_iterations})^(2^{exp_iterations}), on z - row max")
+                      f"CrypTen exp (1 + x/2^{exp_iterations})^(2^{exp_iterations}), on z - row max", "low")
 
 
 @functools.cache
@@ -161,7 +162,7 @@ def reciprocal_range(nr_iters: int, exp_iterations: int, frac_bits: int = FRAC_B
     ok = ((reciprocal_newton(x, nr_iters, exp_iterations, frac_bits=frac_bits) * x) - 1).abs() <= 1e-1
     _, high = _interval(x, ok, 1.0)
     return ValidRange("softmax reciprocal", 1.0, high, "1e-1 relative",
-                      f"CrypTen reciprocal, {nr_iters} Newton steps from 3 exp(1 - 2x) + 0.003, on the row sum")
+                      f"CrypTen reciprocal, {nr_iters} Newton steps from 3 exp(1 - 2x) + 0.003, on the row sum", "high")
 
 
 def _gelu_like_range(name: str, approx: Array, exact: Array, x: Array, source: str) -> ValidRange:

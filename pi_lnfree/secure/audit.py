@@ -175,7 +175,7 @@ def checks_of(seen: dict[tuple[str, str], list[float]], profile: ProtocolProfile
     ln_rng = approx.layernorm_range(profile)
     limit = 2.0 ** (62 - 2 * profile.precision_bits)
     fp_rng = ValidRange("fixed-point product", 0.0, limit, "exact below the limit",
-                        f"int64 shares at scale 2^{2 * profile.precision_bits} before truncation")
+                        f"int64 shares at scale 2^{2 * profile.precision_bits} before truncation", "high")
     for (site, quantity), (lo, hi) in seen.items():
         if quantity == "exp input":
             out.append(_check(site, "softmax", exp_rng, lo, 0.0, lambda lo=lo: _exp_fix(profile, lo, None)))
