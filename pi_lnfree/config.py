@@ -295,8 +295,8 @@ TRAIN_KEYS: dict[str, Any] = {
     "distill_temperature": 2.0,
     "distill_weight": 0.5,  # w in (1 - w) * CE + w * T^2 * KL
     "init_from": "",  # start from this checkpoint's weights (shapes must match the model)
-    # LayerNorm removal by fine-tuning (pi_lnfree/ln_removal.py): the step at which the first
-    # MLP / attention norm and the final norm freeze their scale; 0 for all three: off.
+    # LayerNorm removal by fine-tuning (pi_lnfree/ln_removal.py): the step (from 1) from which the
+    # first MLP norm / first attention norm / the final norm runs with a frozen scale; all 0: off.
     "ln_remove_mlp": 0,
     "ln_remove_attn": 0,
     "ln_remove_final": 0,
@@ -493,8 +493,9 @@ def _validate(values: dict[str, Any]) -> None:
     for key in ("train.ln_remove_mlp", "train.ln_remove_attn", "train.ln_remove_final", "train.ln_remove_gap"):
         check(values[key] >= 0, f"{key} must be >= 0, got {values[key]}")
     stages = [values[f"train.ln_remove_{s}"] for s in ("mlp", "attn", "final")]
-    check(not any(stages) or (min(stages) >= 1 and stages == sorted(stages)),
-          "train.ln_remove_mlp <= ln_remove_attn <= ln_remove_final must all be set (>= 1), or all be 0")
+    check(not any(stages) or (min(stages) >= 2 and stages == sorted(stages)),
+          "train.ln_remove_mlp <= ln_remove_attn <= ln_remove_final must all be set (>= 2: a norm needs a "
+          "step to measure its std first), or all be 0")
     check(values["model.preset"] in PRESETS, f"unknown preset {values['model.preset']!r}; known: {', '.join(PRESETS)}")
 
 

@@ -68,8 +68,8 @@ class FreezableLayerNorm(nn.LayerNorm):
 @dataclass(frozen=True)
 class RemovalSchedule:
     """When each norm freezes: ln_2 of layer i at `mlp + i * gap`, ln_1 of layer i at
-    `attn + i * gap`, the final norm at `final` (optimizer steps; a norm is frozen for every
-    step numbered from its freeze step on, 0-based). `ema` is the running-average decay."""
+    `attn + i * gap`, the final norm at `final`. Steps are numbered from 1 as in metrics.jsonl; a
+    norm runs frozen in its freeze step and every step after. `ema` is the running-average decay."""
 
     mlp: int
     attn: int
@@ -117,8 +117,8 @@ def removable_norms(model: nn.Module) -> dict[str, FreezableLayerNorm]:
 
 
 def apply_schedule(model: nn.Module, schedule: RemovalSchedule, step: int) -> list[str]:
-    """Freeze every norm whose freeze step is <= `step` (the 0-based step about to run) and set the
-    EMA decay; returns the names frozen by this call."""
+    """Freeze every norm whose freeze step is <= `step` (the number, from 1, of the step about to
+    run) and set the EMA decay; returns the names frozen by this call."""
     steps = schedule.freeze_steps(model.config.n_layer)
     newly = []
     for name, norm in removable_norms(model).items():

@@ -244,7 +244,7 @@ class Trainer:
 
         rt, t = self.rt, self.t
         if self.removal is not None:
-            self.just_frozen = apply_schedule(self.model, self.removal, self.c.step)
+            self.just_frozen = apply_schedule(self.model, self.removal, self.c.step + 1)
         lr = self.schedule.lr_at(self.c.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
