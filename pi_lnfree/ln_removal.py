@@ -145,8 +145,8 @@ def fold_frozen_norms(model: nn.Module) -> nn.Module:
 
     The new config has norm = "none", final_norm = false, ln_removal = false; when the final norm
     was folded the LM head is untied (tie_embeddings = false) and has a bias (head_bias = true).
-    Weights are folded in float64 and stored in float32. Raises UserError when a norm is not
-    frozen yet.
+    Weights are folded in float64 and stored in the model's dtype. Raises UserError when a norm is
+    not frozen yet.
     """
     from pi_lnfree.model import GPT
 
@@ -156,19 +156,20 @@ def fold_frozen_norms(model: nn.Module) -> nn.Module:
     if not norms or loose:
         raise UserError(f"cannot fold: norms not frozen: {', '.join(loose) or 'the model has no removable norms'}")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dtype = state["wte.weight"].dtype
     new_cfg = cfg.replace(norm="none", final_norm=False, ln_removal=False)
     for i in range(cfg.n_layer):
         for ln, lin in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
             p = f"blocks.{i}."
             w, b = _fold_into(state[p + lin + ".weight"], state.get(p + lin + ".bias"), norms[p + ln])
-            state[p + lin + ".weight"], state[p + lin + ".bias"] = w.float(), b.float()
+            state[p + lin + ".weight"], state[p + lin + ".bias"] = w.to(dtype), b.to(dtype)
     if cfg.final_norm:
         head = state["lm_head.weight"]
         w, b = _fold_into(head, state.get("lm_head.bias"), norms["ln_f"])
-        state["lm_head.weight"], state["lm_head.bias"] = w.float(), b.float()
+        state["lm_head.weight"], state["lm_head.bias"] = w.to(dtype), b.to(dtype)
         new_cfg = new_cfg.replace(tie_embeddings=False, head_bias=True)
     state = {k: v for k, v in state.items() if ".ln_" not in k and not k.startswith("ln_f.")}
-    folded = GPT(new_cfg)
+    folded = GPT(new_cfg).to(dtype)
     folded.load_state_dict(state, strict=True)
     return folded.to(next(model.parameters()).device).eval()
 
