@@ -261,6 +261,7 @@ DATA_KEYS: dict[str, Any] = {
     "seq_len": 128,
     "valid_fraction": 0.01,
     "limit_mb": 0.0,  # stop reading the source after this many MB of text (0: all of it)
+    "text_column": "content",  # the text field of hub:/files: records
 }
 TRAIN_KEYS: dict[str, Any] = {
     "max_steps": 0,  # optimizer steps; 0 -> from max_tokens, else from epochs

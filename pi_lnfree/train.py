@@ -365,7 +365,7 @@ def ensure_data(recipe: TrainConfig) -> None:
     console.print(f"preparing {d['dir']} from {d['source']} (data.source in the recipe)", highlight=False)
     prepare(source=d["source"], out=Path(d["dir"]), vocab_size=d["vocab_size"] or None,
             tokenizer=d["tokenizer"] or None, seq_len=d["seq_len"], valid_fraction=d["valid_fraction"],
-            limit_mb=d["limit_mb"] or None)
+            limit_mb=d["limit_mb"] or None, text_column=d["text_column"])
 
 
 def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool = False) -> dict[str, Any]:

@@ -115,6 +115,18 @@ def test_removal_recipe_is_checked(data_dir, tmp_path):
         train_command(REMOVAL, [*sets, "model.variant=sm-r"], tmp_path / "b")
 
 
+def test_the_gpt2_removal_recipe_fits_gpt2_small():
+    from pi_lnfree.config import load_recipe
+    from pi_lnfree.ln_removal import check_removable
+
+    recipe = load_recipe(str(ROOT / "training" / "remove-ln-gpt2.toml"))
+    cfg = recipe.model_config(50257, 1024)
+    assert (cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.activation) == (12, 768, 1024, "gelu_tanh")
+    schedule = RemovalSchedule.from_recipe(recipe)
+    check_removable(cfg, schedule, recipe["train.max_steps"])
+    assert schedule.last_step(12) == 104 and recipe["train.batch_size"] * recipe["train.grad_accum"] * 1023 > 2 ** 19 - 2 ** 10
+
+
 def test_init_from_refuses_other_shapes_in_one_line(data_dir, tiny_ln_run, tmp_path, capsys):
     sets = [f"data.dir={data_dir}", "train.progress=false", f"train.init_from={tiny_ln_run}", "model.n_embd=32"]
     with pytest.raises(SystemExit) as e:
