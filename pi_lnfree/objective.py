@@ -95,4 +95,28 @@ class Objective:
         return {"entropy_thresholds": self.thresholds.values()} if self.thresholds is not None else {}
 
 
-__all__ = ["Objective", "PART_KEYS"]
+def method_tags(train_state: dict[str, Any]) -> list[str]:
+    """How a checkpoint was trained beyond plain next-token training, from its "train" state:
+    "EntReg", "KD from LABEL", "LN removed by fine-tuning"."""
+    recipe = train_state.get("recipe") or {}
+    tags = []
+    if recipe.get("train.entropy_reg"):
+        tags.append("EntReg")
+    if recipe.get("train.distill_from"):
+        teacher = (train_state.get("distill_teacher") or {}).get("label") or "a teacher"
+        tags.append(f"KD from {teacher}")
+    if recipe.get("train.ln_remove_mlp"):
+        tags.append("LN removed by fine-tuning")
+    return tags
+
+
+def run_label(cfg, train_state: dict[str, Any] | None) -> str:
+    """The configuration label with the training method, e.g. "SM+R [EntReg]",
+    "SM+R [KD from SM+LN+G]"; just `variant_label(cfg)` for plain training."""
+    from pi_lnfree.config import variant_label
+
+    tags = method_tags(train_state or {})
+    return variant_label(cfg) + (f" [{', '.join(tags)}]" if tags else "")
+
+
+__all__ = ["Objective", "PART_KEYS", "method_tags", "run_label"]

@@ -35,7 +35,7 @@ from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, varia
 from pi_lnfree.errors import UserError
 from pi_lnfree.ln_removal import RemovalSchedule, apply_schedule, check_removable, fold_frozen_norms
 from pi_lnfree.model import GPT, param_groups
-from pi_lnfree.objective import PART_KEYS, Objective
+from pi_lnfree.objective import PART_KEYS, Objective, run_label
 from pi_lnfree.progress import console
 from pi_lnfree.runlog import MetricsLog
 from pi_lnfree.runtime import (
@@ -485,7 +485,7 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     return {
         "run_dir": str(run_dir),
         "variant": variant_name(tr.cfg),
-        "label": variant_label(tr.cfg),
+        "label": run_label(tr.cfg, {"recipe": recipe.values, **tr.objective.state_dict()}),
         "steps": c.step,
         "tokens": c.tokens,
         "final_loss": tr.last.get("loss"),

@@ -20,6 +20,7 @@ from pi_lnfree.data import load_data_folder
 from pi_lnfree.distill import distillation_loss, file_sha256, load_teacher, softened_kl
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT
+from pi_lnfree.report import open_run
 from pi_lnfree.runs import train_command
 from pi_lnfree.train import TrainingStopped
 
@@ -78,7 +79,8 @@ def test_tiny_student_gets_closer_to_its_teacher(data_dir, tiny_ln_run, tmp_path
     kls = [r["distill_kl"] for r in logged if "distill_kl" in r]
     assert len(kls) == 4 and kls[-1] < kls[0]
     meta = load_checkpoint(tmp_path / "kd" / "ckpt.pt")["meta"]
-    assert meta["distilled_from"]["label"] == "SM+LN+G" and res["label"] == "SM+R"
+    assert meta["distilled_from"]["label"] == "SM+LN+G" and res["label"] == "SM+R [KD from SM+LN+G]"
+    assert open_run(tmp_path / "kd").label == res["label"] and open_run(tmp_path / "ce").label == "SM+R"
     frozen, info = load_teacher(tiny_ln_run, start.config, folder, 63, torch.device("cpu"))
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     assert info["sha256"] == file_sha256(tiny_ln_run / "ckpt.pt")

@@ -129,7 +129,8 @@ def test_tiny_run_moves_headwise_entropies_to_the_thresholds(data_dir, tiny_ln_r
     reg = ["train.entropy_reg=1.0", "train.entropy_reg_per=head", "train.entropy_reg_threshold=0.3",
            "train.entropy_reg_tolerance=0.05", "train.log_interval=1"]
     train_command(TINY, sets, tmp_path / "plain")
-    train_command(TINY, [*sets, *reg], tmp_path / "reg")
+    res = train_command(TINY, [*sets, *reg], tmp_path / "reg")
+    assert res["label"] == "SM+LN+G [EntReg]"
     plain, regd = _last_entropy(tmp_path / "plain"), _last_entropy(tmp_path / "reg")
     logt = math.log(63)  # training sequences: 64 tokens -> 63 positions
     e_plain, e_reg = torch.tensor(plain["entropy"]), torch.tensor(regd["entropy"])

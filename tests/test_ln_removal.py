@@ -145,7 +145,10 @@ def test_tiny_pretrained_model_loses_its_layernorms(data_dir, tiny_ln_run, tmp_p
     run = tmp_path / "rm"
     res = train_command(REMOVAL, [f"data.dir={json.dumps(str(data_dir))}", "train.progress=false",
                                   f"train.init_from={json.dumps(str(tiny_ln_run))}"], run)
-    assert res["label"] == "SM+G (no final LN)" and res["variant"] == "sm-g"
+    assert res["label"] == "SM+G (no final LN) [LN removed by fine-tuning]" and res["variant"] == "sm-g"
+    from pi_lnfree.report import open_run
+
+    assert open_run(run).label == res["label"]
     ckpt = load_checkpoint(run / "ckpt.pt")
     assert not [k for k in ckpt["model"] if ".ln_" in k or k.startswith("ln_f")]
     assert ckpt["optimizer"] is None and ckpt["train"]["ln_folded"] is True
