@@ -90,6 +90,17 @@ class Objective:
                 raise UserError(f"--resume: the distillation teacher {self.teacher_info['path']} is not the file "
                                 f"{where} was trained with (sha256 differs)")
 
+    def describe(self) -> list[str]:
+        """One line per term beyond CE, for the trainer's start message."""
+        t, lines = self.t, []
+        if self.teacher_info is not None:
+            lines.append(f"  distilling from {self.teacher_info['path']} ({self.teacher_info['label']}): "
+                         f"T = {t['distill_temperature']}, w = {t['distill_weight']}")
+        if self.thresholds is not None:
+            lines.append(f"  entropy regularization: lambda = {t['entropy_reg']}, tolerance "
+                         f"{t['entropy_reg_tolerance']} x log(T), per {t['entropy_reg_per']}")
+        return lines
+
     def record(self) -> dict[str, Any]:
         """Extra fields of the periodic entropy line: the thresholds (fractions of log(T))."""
         return {"entropy_thresholds": self.thresholds.values()} if self.thresholds is not None else {}

@@ -120,6 +120,8 @@ class Trainer:
         self.tokens_per_step = self.seqs_per_step * self.positions
         self.total_steps = plan_steps(recipe, len(self.folder.train), self.seqs_per_step, self.positions)
         self.removal = RemovalSchedule.from_recipe(recipe)
+        if self.cfg.ln_removal and self.removal is None:
+            raise UserError("model.ln_removal is set by the trainer during a LayerNorm removal (train.ln_remove_*)")
         if self.removal is not None:
             check_removable(self.cfg, self.removal, self.total_steps)
             self.cfg = self.cfg.replace(ln_removal=True)
@@ -332,18 +334,12 @@ class Trainer:
 
 def _extras_lines(tr: Trainer) -> list[str]:
     """What the run adds to plain training, one line each, for the start message."""
-    t, lines = tr.t, []
+    lines = []
     if tr.init_info is not None:
         differs = f" (differs from the recipe's model in {', '.join(tr.init_info['differs'])})" \
             if tr.init_info["differs"] else ""
         lines.append(f"  weights from {tr.init_info['path']} ({tr.init_info['variant']}){differs}")
-    if tr.objective.teacher_info is not None:
-        info = tr.objective.teacher_info
-        lines.append(f"  distilling from {info['path']} ({info['label']}): T = {t['distill_temperature']}, "
-                     f"w = {t['distill_weight']}")
-    if tr.objective.thresholds is not None:
-        lines.append(f"  entropy regularization: lambda = {t['entropy_reg']}, tolerance {t['entropy_reg_tolerance']} "
-                     f"x log(T), per {t['entropy_reg_per']}")
+    lines += tr.objective.describe()
     if tr.removal is not None:
         r = tr.removal
         lines.append(f"  LayerNorm removal: MLP norms freeze from step {r.mlp}, attention norms from {r.attn}, "
