@@ -12,7 +12,7 @@ from typing import Any
 
 from pi_lnfree.errors import UserError
 
-NORMS = ("layernorm", "none")
+NORMS = ("layernorm", "none", "dyt")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
 SLOPE_MODES = ("layer", "global")
 RESIDUALS = ("sequential", "parallel")
@@ -28,7 +28,7 @@ class ModelConfig:
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 128
-    norm: str = "layernorm"  # the two per-block norms: "layernorm" or "none"
+    norm: str = "layernorm"  # the two per-block norms: "layernorm", "none" or "dyt" (Dynamic Tanh)
     final_norm: bool = True  # the norm before the LM head, a separate switch
     norm_eps: float = 1e-5
     # One activation name for all layers, or a list with one name per layer (hybrids).
@@ -43,6 +43,11 @@ class ModelConfig:
     bias: bool = True  # biases of all linear layers
     ffn_mult: int = 4
     init_std: float = 0.02
+    dyt_alpha: float = 0.5  # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025)
+    # LayerNorm removal in progress: each LayerNorm carries a running std and a frozen flag
+    # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
+    ln_removal: bool = False
+    head_bias: bool = False  # a bias on the LM head (a folded final norm's bias lands here)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,6 +104,8 @@ class ModelConfig:
         check(self.n_layer > 0 and self.n_head > 0 and self.block_size > 0, "sizes must be positive")
         check(self.n_embd % self.n_head == 0, f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
         check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
+        check(self.dyt_alpha > 0, f"dyt_alpha must be positive, got {self.dyt_alpha}")
+        check(not self.ln_removal or self.norm == "layernorm", "ln_removal needs norm = \"layernorm\"")
         check(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}")
         check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
         check(self.slope_mode in SLOPE_MODES, f"slope_mode must be one of {SLOPE_MODES}, got {self.slope_mode!r}")
@@ -144,20 +151,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sm-r": dict(norm="none", activation="relu"),
     "sm-lrelu-layer": dict(norm="none", activation="learnable_leaky", slope_mode="layer"),
     "sm-lrelu-global": dict(norm="none", activation="learnable_leaky", slope_mode="global"),
+    "sm-dyt-g": dict(norm="dyt", activation="gelu"),
+    "sm-dyt-r": dict(norm="dyt", activation="relu"),
 }
+# Hybrid prefixes (per-layer activation lists) and the per-block norm each one implies.
+HYBRID_PREFIXES = (("sm-ln-hybrid:", "layernorm"), ("sm-dyt-hybrid:", "dyt"), ("sm-hybrid:", "none"))
 
 
 def parse_variant(variant: str, n_layer: int) -> dict[str, Any]:
     """Switches for a variant name.
 
     Besides the names in `VARIANTS`, hybrids are written as a per-layer activation list after
-    `sm-` or `sm-ln-`, comma separated, e.g. `sm-hybrid:relu,relu,gelu,gelu` (LN-free) or
-    `sm-ln-hybrid:relu,gelu` (with LayerNorm). A list shorter than the model is repeated
+    `sm-`, `sm-ln-` or `sm-dyt-`, comma separated, e.g. `sm-hybrid:relu,relu,gelu,gelu` (LN-free),
+    `sm-ln-hybrid:relu,gelu` (with LayerNorm) or `sm-dyt-hybrid:relu,gelu` (Dynamic Tanh). A list shorter than the model is repeated
     block-wise: `sm-hybrid:relu,gelu` on 4 layers is relu,relu,gelu,gelu.
     """
     if variant in VARIANTS:
         return dict(VARIANTS[variant])
-    for prefix, norm in (("sm-ln-hybrid:", "layernorm"), ("sm-hybrid:", "none")):
+    for prefix, norm in HYBRID_PREFIXES:
         if variant.startswith(prefix):
             acts = [a.strip() for a in variant[len(prefix):].split(",") if a.strip()]
             if not acts or n_layer % len(acts):
@@ -167,7 +178,8 @@ def parse_variant(variant: str, n_layer: int) -> dict[str, Any]:
             rep = n_layer // len(acts)
             return dict(norm=norm, activation=[a for a in acts for _ in range(rep)])
     names = ", ".join(VARIANTS)
-    raise UserError(f"unknown variant {variant!r}; known: {names}, sm-hybrid:ACT,..., sm-ln-hybrid:ACT,...")
+    raise UserError(f"unknown variant {variant!r}; known: {names}, sm-hybrid:ACT,..., sm-ln-hybrid:ACT,..., "
+                    "sm-dyt-hybrid:ACT,...")
 
 
 def make_config(preset: str, variant: str = "sm-ln-g", vocab_size: int = 50257, **overrides: Any) -> ModelConfig:
@@ -189,15 +201,18 @@ _ACT_LABEL = {
 
 
 def variant_label(cfg: ModelConfig) -> str:
-    """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid)."""
+    """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid);
+    SM+DyT+R for Dynamic Tanh in place of the norms."""
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
     act = "/".join(labels)
     if "learnable_leaky" in acts:
         act += f"({cfg.slope_mode})"
-    name = "SM+" + ("LN+" if cfg.norm == "layernorm" else "") + act
+    name = "SM+" + {"layernorm": "LN+", "dyt": "DyT+", "none": ""}[cfg.norm] + act
     if not cfg.final_norm:
-        name += " (no final LN)"
+        name += " (no final DyT)" if cfg.norm == "dyt" else " (no final LN)"
+    if cfg.ln_removal:
+        name += " (LN removal in progress)"
     return name
 
 
@@ -210,7 +225,7 @@ def variant_name(cfg: ModelConfig) -> str:
             same_mode = sw.get("slope_mode", cfg.slope_mode) == cfg.slope_mode
             if sw["norm"] == cfg.norm and sw["activation"] == act and same_mode:
                 return name
-    prefix = "sm-ln-hybrid:" if cfg.norm == "layernorm" else "sm-hybrid:"
+    prefix = next(p for p, norm in HYBRID_PREFIXES if norm == cfg.norm)
     return prefix + ",".join(acts)
 
 
@@ -245,6 +260,8 @@ DATA_KEYS: dict[str, Any] = {
     "tokenizer": "",  # a tokenizer.json (path or hub:REPO) instead of training one
     "seq_len": 128,
     "valid_fraction": 0.01,
+    "limit_mb": 0.0,  # stop reading the source after this many MB of text (0: all of it)
+    "text_column": "content",  # the text field of hub:/files: records
 }
 TRAIN_KEYS: dict[str, Any] = {
     "max_steps": 0,  # optimizer steps; 0 -> from max_tokens, else from epochs
@@ -269,6 +286,23 @@ TRAIN_KEYS: dict[str, Any] = {
     "tensorboard": False,  # also write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)
     "progress": True,  # rich progress bar on stderr
     "debug_nonfinite_steps": [],  # test hook: make the loss of these steps NaN
+    # Entropy regularization (Jha & Reagen 2025; pi_lnfree/entropy_reg.py); off when 0.
+    "entropy_reg": 0.0,  # coefficient lambda of the penalty added to the loss
+    "entropy_reg_tolerance": 0.2,  # gamma: no penalty within gamma * log(T) of a head's threshold
+    "entropy_reg_threshold": 0.5,  # initial learnable threshold of every head, a fraction of log(T)
+    "entropy_reg_per": "query",  # query: each query's entropy (their code) | head: eq. 8 head entropy
+    # Distillation from a frozen teacher (Hinton et al. 2015; pi_lnfree/distill.py).
+    "distill_from": "",  # teacher checkpoint or run dir ("": off)
+    "distill_temperature": 2.0,
+    "distill_weight": 0.5,  # w in (1 - w) * CE + w * T^2 * KL
+    "init_from": "",  # start from this checkpoint's weights (shapes must match the model)
+    # LayerNorm removal by fine-tuning (pi_lnfree/ln_removal.py): the step (from 1) from which the
+    # first MLP norm / first attention norm / the final norm runs with a frozen scale; all 0: off.
+    "ln_remove_mlp": 0,
+    "ln_remove_attn": 0,
+    "ln_remove_final": 0,
+    "ln_remove_gap": 0,  # steps between successive layers within a stage
+    "ln_remove_ema": 0.99,  # decay of the running average of the per-token std
 }
 OPTIM_KEYS: dict[str, Any] = {
     "lr": 1e-3,
@@ -450,6 +484,19 @@ def _validate(values: dict[str, Any]) -> None:
     check(bool(values["data.dir"]), "data.dir is not set (a prepared data folder; --set data.dir=PATH)")
     check(all(isinstance(s, int) for s in values["train.debug_nonfinite_steps"]),
           "train.debug_nonfinite_steps must be a list of step numbers")
+    check(values["data.limit_mb"] >= 0, "data.limit_mb must be >= 0")
+    check(values["train.entropy_reg"] >= 0, "train.entropy_reg must be >= 0")
+    check(values["train.entropy_reg_tolerance"] >= 0, "train.entropy_reg_tolerance must be >= 0")
+    check(values["train.entropy_reg_per"] in ("query", "head"), "train.entropy_reg_per must be query or head")
+    check(values["train.distill_temperature"] > 0, "train.distill_temperature must be positive")
+    check(0.0 <= values["train.distill_weight"] <= 1.0, "train.distill_weight must be in [0, 1]")
+    check(0.0 <= values["train.ln_remove_ema"] < 1.0, "train.ln_remove_ema must be in [0, 1)")
+    for key in ("train.ln_remove_mlp", "train.ln_remove_attn", "train.ln_remove_final", "train.ln_remove_gap"):
+        check(values[key] >= 0, f"{key} must be >= 0, got {values[key]}")
+    stages = [values[f"train.ln_remove_{s}"] for s in ("mlp", "attn", "final")]
+    check(not any(stages) or (min(stages) >= 2 and stages == sorted(stages)),
+          "train.ln_remove_mlp <= ln_remove_attn <= ln_remove_final must all be set (>= 2: a norm needs a "
+          "step to measure its std first), or all be 0")
     check(values["model.preset"] in PRESETS, f"unknown preset {values['model.preset']!r}; known: {', '.join(PRESETS)}")
 
 
@@ -465,7 +512,7 @@ def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), 
     flat = _flatten(doc, where)
     for key, value in flat.items():
         _check_key(key, value, where)
-    paths = ("data.dir", "data.tokenizer")  # local paths: file-relative in a recipe, cwd-relative in --set
+    paths = ("data.dir", "data.tokenizer", "train.distill_from", "train.init_from")  # local paths: file-relative in a recipe, cwd-relative in --set
 
     def is_local(key: str, value: Any) -> bool:
         return key in paths and bool(value) and not str(value).startswith("hub:")
