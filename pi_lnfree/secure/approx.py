@@ -13,6 +13,7 @@ the error stays within the tolerance below.
 | reciprocal, Newton     | softmax row sum (>= 1)        | 1/x              | 1e-1 relative         |
 | GELU tanh formula      | gelu (profile gelu="tanh"), gelu_tanh | tanh-GELU | 1e-2 x max(1, abs(x)) |
 | GELU x sigmoid(1.702x) | gelu (gelu="sigmoid")         | x sigmoid(1.702x)| 1e-2 x max(1, abs(x)) |
+| tanh (Dynamic Tanh)    | DyT, on alpha x               | tanh             | 1e-2 absolute         |
 | inv_sqrt (CrypTen)     | LayerNorm (layernorm_inv_sqrt="crypten") | 1/sqrt(v) | 1e-2 relative   |
 
 Notes on the sources: CrypTen's exp squares `1 + x/2^n` n times (n = exp_iterations); for
@@ -188,6 +189,15 @@ def activation_range(profile: ProtocolProfile, activation: str) -> ValidRange | 
     return None
 
 
+def tanh_range(profile: ProtocolProfile) -> ValidRange:
+    """Valid inputs of CrypTen's tanh (Dynamic Tanh's alpha x) under `profile`."""
+    x = torch.linspace(-4096.0, 4096.0, 102_401, dtype=torch.float64)
+    ok = (tanh_reciprocal(x, profile.exp_iterations) - torch.tanh(x)).abs() <= 1e-2
+    low, high = _interval(x, ok, 0.0)
+    return ValidRange("Dynamic Tanh tanh(alpha x)", low, high, "1e-2 absolute",
+                      f"tanh(u) = 2 sigmoid(2u) - 1 with CrypTen's exp, exp_iterations={profile.exp_iterations}")
+
+
 def layernorm_range(profile: ProtocolProfile) -> ValidRange:
     """Valid variances (+ eps) of the profile's LayerNorm inverse square root."""
     if profile.layernorm_inv_sqrt == "ranged":
@@ -223,5 +233,6 @@ __all__ = [
     "reciprocal_newton",
     "reciprocal_range",
     "sigmoid_reciprocal",
+    "tanh_range",
     "tanh_reciprocal",
 ]

@@ -215,6 +215,10 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
             "count": {"one": 1},
             "time": {"elements": n, "rows": g("T"), "one": 1},
         }
+    if kind == "dyt":
+        n = g("T") * g("d")
+        return {"size": {"elements": n, "width": g("d"), "one": 1}, "count": {"one": 1},
+                "time": {"elements": n, "one": 1}}
     if kind.startswith("activation:"):
         n = g("T") * g("n")
         return {"size": {"elements": n, "one": 1}, "count": {"one": 1}, "time": {"elements": n, "one": 1}}
