@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from pi_lnfree.checkpoint import load_checkpoint, save_checkpoint
-from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, variant_name
+from pi_lnfree.config import variant_label, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT, param_groups
 from pi_lnfree.progress import console
+from pi_lnfree.recipe import RESUME_SAFE_KEYS, TrainConfig
 from pi_lnfree.runlog import MetricsLog
 from pi_lnfree.runtime import (
     Runtime,
