@@ -287,7 +287,8 @@ def test_cli_json_output(data_dir, tmp_path, capsys):
     main(["train", "--recipe", str(TINY), "--set", f"data.dir={data_dir}", "--set", "train.max_steps=3",
           "--set", "train.progress=false", "--out", str(tmp_path / "j"), "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["steps"] == 3 and out["tokens"] == 3 * 8 * 63 and out["variant"] == "sm-ln-g"
+    assert out["steps"] == 3 and out["tokens"] == 3 * 8 * 63
+    assert (out["variant"], out["label"]) == ("sm-ln-g", "SM+LN+G")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun processes")

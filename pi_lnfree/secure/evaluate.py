@@ -213,8 +213,8 @@ def assemble_result(
     span = avg["span"]
     return {
         "checkpoint": checkpoint,
-        "variant": variant_label(cfg),
-        "variant_name": variant_name(cfg),
+        "variant": variant_name(cfg),
+        "label": variant_label(cfg),
         "protocol": profile.to_dict(),
         "benchmark_only": profile.benchmark_only,
         "security": profile.security,
@@ -339,7 +339,7 @@ def print_result(result: dict[str, Any], console) -> None:
     from pi_lnfree.secure.meter import CATEGORIES
 
     net = result["network"]
-    table = Table(title=f"{result['variant']} under {result['protocol']['name']}, T={result['seq_len']} "
+    table = Table(title=f"{result['label']} under {result['protocol']['name']}, T={result['seq_len']} "
                         f"(per sequence, mean of {result['samples']})")
     for col in ("operator", "MB sent", "rounds", "local s", "LAN s", "WAN s", "% bytes"):
         table.add_column(col, justify="left" if col == "operator" else "right")
