@@ -30,7 +30,7 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def make_trainer(data: Path, tmp: str, threads: int, extra: list[str]):
-    from pi_lnfree.config import load_recipe
+    from pi_lnfree.recipe import load_recipe
     from pi_lnfree.runtime import setup_runtime
     from pi_lnfree.train import Trainer
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pi_lnfree.config import ModelConfig, variant_name
+from pi_lnfree.config import ModelConfig, variant_label, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT
 
@@ -249,5 +249,5 @@ def convert_folder(src: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
 
     model = from_hf(src)
     save_checkpoint(out, model.state_dict(), model.config, meta={"source": f"hf:{Path(src).resolve()}"})
-    return {"checkpoint": str(out), "variant": variant_name(model.config), "parameters": model.num_parameters(),
-            "config": model.config.to_dict()}
+    return {"checkpoint": str(out), "variant": variant_name(model.config), "label": variant_label(model.config),
+            "parameters": model.num_parameters(), "config": model.config.to_dict()}

@@ -31,12 +31,13 @@ from pi_lnfree.checkpoint import (
     load_initial_weights,
     save_checkpoint,
 )
-from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, variant_name
+from pi_lnfree.config import variant_label, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.ln_removal import RemovalSchedule, apply_schedule, check_removable, fold_frozen_norms
 from pi_lnfree.model import GPT, param_groups
 from pi_lnfree.objective import PART_KEYS, Objective, run_label
 from pi_lnfree.progress import console
+from pi_lnfree.recipe import RESUME_SAFE_KEYS, TrainConfig
 from pi_lnfree.runlog import MetricsLog
 from pi_lnfree.runtime import (
     Runtime,

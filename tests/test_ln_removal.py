@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
-from pi_lnfree.config import make_config, resolve_recipe, variant_label
+from pi_lnfree.config import make_config, variant_label
 from pi_lnfree.errors import UserError
 from pi_lnfree.ln_removal import (
     FreezableLayerNorm,
@@ -23,6 +23,7 @@ from pi_lnfree.ln_removal import (
     removable_norms,
 )
 from pi_lnfree.model import GPT
+from pi_lnfree.recipe import resolve_recipe
 from pi_lnfree.runs import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +117,8 @@ def test_removal_recipe_is_checked(data_dir, tmp_path):
 
 
 def test_the_gpt2_removal_recipe_fits_gpt2_small():
-    from pi_lnfree.config import load_recipe
     from pi_lnfree.ln_removal import check_removable
+    from pi_lnfree.recipe import load_recipe
 
     recipe = load_recipe(str(ROOT / "training" / "remove-ln-gpt2.toml"))
     cfg = recipe.model_config(50257, 1024)
