@@ -13,7 +13,6 @@ import functools
 import os
 import pickle
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from pi_lnfree import __version__
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import CheckpointError, UserError
+from pi_lnfree.files import atomic_write
 
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
@@ -65,28 +65,6 @@ def default_meta() -> dict[str, Any]:
     }
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 _PLAIN = (torch.Tensor, int, float, str, bool, type(None))
 
 
@@ -121,7 +99,8 @@ def save_checkpoint(
         "meta": {**default_meta(), **(meta or {})},
     }
     check_plain(obj)
-    atomic_torch_save(obj, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _unpickler_reason(message: str) -> str:

@@ -6,7 +6,6 @@ bad input raises `UserError`, printed as one line with exit code 2 (`--debug` sh
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import to_json
 from pi_lnfree.progress import console
 
 app = typer.Typer(
@@ -38,20 +38,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 def emit(result: dict[str, Any], as_json: bool) -> None:
     """Print one JSON object on stdout when --json is given."""
     if as_json:
-        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.write(to_json(result) + "\n")
         sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _not_built(name: str) -> None:
-    raise UserError(f"`pi-lnfree {name}` is not built yet")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ written to reports/demo/timings.json. Work folders: .demo/ (data and runs), repo
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_json
 from pi_lnfree.progress import console
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int
               "missing": summary["missing"], "settings": {
                   "vocab_size": vocab_size, "limit_mb": limit_mb, "steps": steps, "batch_size": batch_size,
                   "secure_seq_len": secure_seq_len, "protocol": str(protocol)}}
-    (Path(out) / "timings.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(Path(out) / "timings.json", result)
     _print_timings(timings)
     console.print(f"report: {summary['report']} (figures in {Path(out) / 'figures'})", highlight=False)
     return result

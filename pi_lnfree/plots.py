@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from pi_lnfree.files import atomic_write
+
 DPI = 150
 
 
@@ -34,11 +36,10 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
 
 
 def save_figure(fig: Figure, out: str | os.PathLike) -> Path:
-    """Write `fig` as PNG to `out` (parent folders created) and return the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, bbox_inches="tight")
-    return out
+    """Write `fig` as PNG to `out` atomically (parent folders created) and return the path."""
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
+    return Path(out)
 
 
 # ---------------------------------------------------------------------------------------------

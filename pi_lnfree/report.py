@@ -244,12 +244,9 @@ def read_cache(path: Path, request: dict[str, Any]) -> tuple[dict | None, str | 
 
 def write_cache(path: Path, request: dict[str, Any], result: dict[str, Any], seconds: float) -> None:
     """Write a cache file atomically."""
-    from pi_lnfree.cli import _json_default
+    from pi_lnfree.files import write_json
 
-    doc = {"format": CACHE_FORMAT, "request": request, "seconds": round(seconds, 3), "result": result}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, {"format": CACHE_FORMAT, "request": request, "seconds": round(seconds, 3), "result": result})
 
 
 def gather_piece(piece: str, run: RunResult, opts: ReportOptions) -> float:

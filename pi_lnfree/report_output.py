@@ -15,7 +15,6 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,14 @@ import pandas as pd
 from rich.console import Console
 
 from pi_lnfree import tables as tb
+from pi_lnfree.files import atomic_write, write_json, write_text
 from pi_lnfree.progress import console
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """`df` as CSV (no index column), written atomically."""
+    with atomic_write(path) as f:
+        df.to_csv(f, index=False)
 
 
 def slug(text: str) -> str:
@@ -208,7 +214,7 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
         fam_tables[fam] = family_tables(members)
         for kind, df in fam_tables[fam].items():
             path = out / "tables" / f"{kind}-{slug(fam)}.csv"
-            df.to_csv(path, index=False)
+            write_csv(path, df)
             files.append(str(path))
             records[f"{kind}-{slug(fam)}"] = tb.to_records(df)
         fam_figures[fam] = family_figures(fam, members, tb.configuration_names(members), out / "figures")
@@ -217,8 +223,8 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
             table = tb.to_rich(fam_tables[fam]["main"].rename(columns=tb.SHORT_NAMES), members[0].family_title)
             wide = console if console.is_terminal else Console(stderr=True, width=160)  # logs: don't squeeze
             wide.print(table)
-    run_rows(families, fam_tables).to_csv(out / "report.csv", index=False)
-    (out / "report.md").write_text(render_markdown(runs, fam_tables, fam_figures, opts, command, out), encoding="utf-8")
+    write_csv(out / "report.csv", run_rows(families, fam_tables))
+    write_text(out / "report.md", render_markdown(runs, fam_tables, fam_figures, opts, command, out))
     summary = {
         "out": str(out),
         "report": str(out / "report.md"),
@@ -228,7 +234,7 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
         "tables": records,
         "missing": {str(r.run_dir): dict(r.missing) for r in runs},
     }
-    (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "report.json", summary)
     return summary
 
 
@@ -245,6 +251,6 @@ def write_cost_tables(groups: list[list], md_path: Path, csv_path: Path, header:
                   "Share of bytes / WAN latency per operator (%):", "", _share_markdown(ops, "cost"), ""]
         frames.append(cost.assign(family=runs[0].family))
     table = pd.concat(frames, ignore_index=True)
-    Path(md_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    table.to_csv(csv_path, index=False)
+    write_text(md_path, "\n".join(lines) + "\n")
+    write_csv(csv_path, table)
     return table

@@ -28,6 +28,7 @@ import torch
 from pi_lnfree.checkpoint import load_checkpoint, save_checkpoint
 from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, variant_name
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_text
 from pi_lnfree.model import GPT, param_groups
 from pi_lnfree.progress import console
 from pi_lnfree.runlog import MetricsLog
@@ -305,7 +306,7 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     tr = Trainer(recipe, run_dir, rt, resume)
     t, c = tr.t, tr.c
     if rt.is_main:
-        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+        write_text(run_dir / "recipe.toml", recipe.to_toml())
         for stale in run_dir.glob(".*.pt.*.tmp"):  # left by a kill during a save
             stale.unlink()
     keep = c.step if tr.resumed else -1  # a fresh start drops the history of a run killed before its first save

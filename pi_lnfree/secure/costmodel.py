@@ -40,6 +40,7 @@ import numpy as np
 
 from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_json
 from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
 
@@ -318,10 +319,7 @@ class Calibration:
         }
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        path = write_json(path, self.to_dict(), indent=1, sort_keys=True)
         self.path = str(path)
 
     @classmethod
