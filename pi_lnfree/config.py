@@ -233,8 +233,9 @@ __all__ = [
 # section.key=value` overrides a key; the value is parsed as a TOML value (true, 3e-4, [1, 2],
 # "text"), and a value that is not valid TOML is taken as a bare string (model.variant=sm-r).
 #
-# data.dir: a relative path written in a recipe file is relative to that file's folder; a
-# relative path given with --set is relative to the current directory. Both are stored absolute.
+# data.dir, data.tokenizer: a relative path, in a recipe file or given with --set, is relative to
+# the current directory (as --out is), also for the recipes shipped inside the package. Both are
+# stored absolute.
 
 DATA_KEYS: dict[str, Any] = {
     "dir": "",  # the prepared data folder
@@ -510,11 +511,8 @@ def load_toml(path: str, what: str = "recipe") -> dict[str, Any]:
 
 
 def load_recipe(path: str, sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a recipe TOML file and apply `--set` overrides."""
-    import os
-
-    doc = load_toml(path)
-    return resolve_recipe(doc, sets, base_dir=os.path.dirname(os.path.abspath(path)), where=str(path))
+    """Read a recipe TOML file and apply `--set` overrides (relative paths: see `DATA_KEYS`)."""
+    return resolve_recipe(load_toml(path), sets, where=str(path))
 
 
 __all__ += ["TrainConfig", "load_recipe", "resolve_recipe", "parse_set", "load_toml", "SECTIONS"]

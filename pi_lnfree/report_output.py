@@ -142,9 +142,7 @@ def _settings_lines(opts, runs: list) -> list[str]:
         f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
         "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
         "(protocols/networks.toml)")
-    from pi_lnfree.report import cost_seq_len
-
-    lens = ", ".join(str(t) for t in sorted({cost_seq_len(r, opts) for r in runs}))
+    lens = ", ".join(str(t) for t in sorted({opts.cost_length(r.config) for r in runs}))
     cost = "skipped" if opts.cost_seq_len == 0 else (
         f"`{proto}` calibration, T={lens}" + (" (the model context)" if opts.cost_seq_len is None else "")
         + "; seconds estimated from the calibration machine's local compute")

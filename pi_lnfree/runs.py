@@ -13,16 +13,17 @@ from typing import Any
 from pi_lnfree.checkpoint import load_checkpoint
 from pi_lnfree.config import TrainConfig
 from pi_lnfree.errors import UserError
+from pi_lnfree.resources import recipe_file
 from pi_lnfree.train import run_training
 
 
 def recipe_for_run(recipe_path: str | Path | None, sets: list[str], run_dir: Path, resume: bool) -> TrainConfig:
-    """The recipe of a run: from --recipe and --set, or, on --resume without --recipe, the one
-    stored in the run's checkpoint."""
+    """The recipe of a run: from --recipe (a path or a shipped name) and --set, or, on --resume
+    without --recipe, the one stored in the run's checkpoint."""
     from pi_lnfree.config import load_recipe
 
     if recipe_path is not None:
-        return load_recipe(str(recipe_path), sets)
+        return load_recipe(str(recipe_file(recipe_path)), sets)
     ckpt = Path(run_dir) / "ckpt.pt"
     if not resume or not ckpt.exists():
         raise UserError("--recipe is required (it may be left out only with --resume of a run that has ckpt.pt)")
@@ -32,7 +33,8 @@ def recipe_for_run(recipe_path: str | Path | None, sets: list[str], run_dir: Pat
 
 
 def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, list[str]]]]:
-    """A matrix file -> (its recipe path or None, [(run name, extra --set items)]).
+    """A matrix file (a path or a shipped name) -> (its recipe path or None, [(run name, extra
+    --set items)]).
 
     Format: optional `recipe = "cpu.toml"` (relative to the matrix file), `variants = [...]` (one
     run per variant, named after it) and optional `[runs.NAME]` tables of recipe keys, e.g.
@@ -40,7 +42,7 @@ def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, list[str
     """
     from pi_lnfree.config import _toml_value, load_toml
 
-    path = Path(path)
+    path = recipe_file(path, "matrix file")
     doc = load_toml(str(path), what="matrix file")
     unknown = sorted(set(doc) - {"recipe", "variants", "runs"})
     if unknown:
@@ -82,6 +84,7 @@ def train_command(recipe: Path | None, sets: list[str], out: Path, resume: bool 
         recipe = recipe or matrix_recipe
         if recipe is None:
             raise UserError("--matrix: give --recipe or name one in the matrix file (recipe = \"...\")")
+        recipe = recipe_file(recipe)
         plans = [(Path(out) / name, load_recipe(str(recipe), [*sets, *extra])) for name, extra in runs]
     else:
         plans = [(Path(out), recipe_for_run(recipe, sets, Path(out), resume))]

@@ -19,14 +19,15 @@ from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
 from pi_lnfree.config import load_recipe, parse_set, resolve_recipe
 from pi_lnfree.errors import UserError
+from pi_lnfree.resources import recipe_file
 from pi_lnfree.runs import load_matrix, train_command
 from pi_lnfree.runtime import setup_runtime
 from pi_lnfree.schedule import LRSchedule
 from pi_lnfree.train import Trainer, TrainingStopped
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "training" / "tiny.toml"
-MATRIX = ROOT / "training" / "paper-variants.toml"
+TINY = recipe_file("tiny")
+MATRIX = recipe_file("paper-variants")
 
 
 def records(run_dir: Path, key: str) -> list[dict]:
@@ -45,9 +46,10 @@ def tiny_sets(data_dir: Path, *extra: str) -> list[str]:
 def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
     recipe = tmp_path / "r" / "x.toml"
     recipe.parent.mkdir()
-    recipe.write_text('[data]\ndir = "../d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
+    recipe.write_text('[data]\ndir = "d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
+    monkeypatch.chdir(tmp_path)
     cfg = load_recipe(str(recipe))
-    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the recipe file
+    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the current directory, not to the recipe
     assert cfg["train.max_steps"] == 7 and cfg["train.batch_size"] == 32  # defaults filled in
     monkeypatch.chdir(tmp_path / "r")
     cfg = load_recipe(str(recipe), ["data.dir=elsewhere", "model.final_norm=false", "optim.lr=3e-4",
@@ -187,8 +189,8 @@ def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
 
 
 def test_matrix_files_parse(tmp_path):
-    recipe, runs = load_matrix(ROOT / "training" / "hybrid-variants.toml")
-    assert recipe == ROOT / "training" / "cpu.toml"
+    recipe, runs = load_matrix("hybrid-variants")  # a shipped matrix, by name
+    assert recipe == recipe_file("cpu")
     assert runs == [("sm-g", ['model.variant="sm-g"']), ("sm-r", ['model.variant="sm-r"']),
                     ("sm-relu-then-gelu", ['model.variant="sm-hybrid:relu,gelu"']),
                     ("sm-gelu-then-relu", ['model.variant="sm-hybrid:gelu,relu"'])]
@@ -269,8 +271,10 @@ def test_resume_is_bit_exact_after_sigkill(data_dir, tmp_path):
     print(f"killed after step {killed_at}, during a save: {during_save}")
 
 
-def test_recipe_prepares_missing_data_from_its_source(tmp_path):
+def test_recipe_prepares_missing_data_from_its_source(tmp_path, monkeypatch):
     import sysconfig
+
+    monkeypatch.chdir(tmp_path)  # the recipe's relative data.dir is under the current directory
 
     email = Path(sysconfig.get_paths()["stdlib"]) / "email"
     recipe = tmp_path / "r.toml"

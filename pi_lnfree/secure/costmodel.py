@@ -41,6 +41,7 @@ import numpy as np
 from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
 from pi_lnfree.files import write_json
+from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
 
@@ -268,8 +269,9 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
 
 
 def calibration_path(profile_path: str | Path) -> Path:
-    """Where the calibration of a profile lives: next to it, `<stem>.calibration.json`."""
-    p = Path(profile_path)
+    """Where the calibration of a profile (a path or a shipped name) lives: next to it,
+    `<stem>.calibration.json`."""
+    p = protocol_file(profile_path)
     return p.with_name(p.stem + ".calibration.json")
 
 
