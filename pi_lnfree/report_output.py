@@ -16,7 +16,7 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def _share_markdown(long: pd.DataFrame, piece: str) -> str:
 
 def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, command: str, out: Path) -> str:
     """The report.md text."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# pi-lnfree report", "", f"Generated {when} by `{command}` from {len(runs)} run dir(s).", "",
              "## Settings", "", *_settings_lines(opts, runs), ""]
     families = tb.group_families(runs)

@@ -32,11 +32,10 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from pi_lnfree.errors import UserError
 from pi_lnfree.resources import networks_file, protocol_file
