@@ -138,6 +138,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A `ckpt.pt` path, or a run dir holding one -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "ckpt.pt"
+        if not ckpt.is_file():
+            raise UserError(f"{path} is a directory without ckpt.pt (give a checkpoint file or a run dir)")
+        return ckpt
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
 def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
     try:
         return ModelConfig.from_dict(ckpt["config"])

@@ -162,6 +162,7 @@ def entropy(
 ) -> None:
     """Headwise attention entropy of a checkpoint, entropy bands, heatmap and dynamics."""
     from pi_lnfree import diagnostics as dg
+    from pi_lnfree.tables import entropy_table
 
     if data is None and dynamics is None:
         raise UserError("give --data DIR (entropy on its validation split) and/or --dynamics PNG (from a run dir)")
@@ -170,15 +171,19 @@ def entropy(
     result: dict[str, Any] = {}
     if data is not None:
         result = dg.entropy_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
-        console.print(dg.entropy_table(result))
+        console.print(entropy_table(result))
         console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
         if plot is not None:
-            result["plot"] = str(dg.write_entropy_heatmap(result, plot))
+            from pi_lnfree.plots import write_entropy_heatmap
+
+            result["plot"] = str(write_entropy_heatmap(result, plot))
             console.print(f"wrote {plot}", soft_wrap=True)
     if dynamics is not None:
         dyn = dg.run_dynamics(checkpoint)
         result["dynamics"] = dyn
-        result["dynamics_plot"] = str(dg.write_dynamics_figure(dyn, dynamics))
+        from pi_lnfree.plots import write_dynamics_figure
+
+        result["dynamics_plot"] = str(write_dynamics_figure(dyn, dynamics))
         console.print(f"wrote {dynamics} ({len(dyn['steps'])} entropy records)", soft_wrap=True)
     emit(result, as_json)
 

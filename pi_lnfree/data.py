@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from pi_lnfree import bpe
-from pi_lnfree.batches import RandomChunkSampler, iter_valid_batches, to_device
 from pi_lnfree.corpus import SPLIT_RULE, ReadStats, iter_documents, open_source
 from pi_lnfree.errors import UserError
 from pi_lnfree.files import AtomicFile, write_json
@@ -33,11 +32,9 @@ from pi_lnfree.progress import console, progress
 
 __all__ = [
     "DataFolder",
-    "RandomChunkSampler",
-    "iter_valid_batches",
+    "describe",
     "load_data_folder",
     "prepare",
-    "to_device",
 ]
 
 FORMAT = "pi-lnfree-data/1"

@@ -105,7 +105,7 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
 
     slopes = [(n, d) for n, d in dyn if d["slopes"]]
     write("slope dynamics", slopes, "no run with learnable slopes", lambda: plots.slope_dynamics_figure(
-        [(n, d["slope_steps"], d["slopes"], _slope_labels(d)) for n, d in slopes],
+        [(n, d["slope_steps"], d["slopes"], plots.slope_legend(d)) for n, d in slopes],
         folder / f"slope-dynamics-{s}.png", f"Learnable leaky-ReLU slopes during training, {fam}"))
 
     for piece, kind, what in (("secure", "operator costs", "measured by secure-eval"),
@@ -120,12 +120,6 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
             f"Private-inference cost per operator, {fam}, {what} (T={have[0][1]['seq_len']})",
             "estimated WAN latency (s)"))
     return out
-
-
-def _slope_labels(dyn: dict) -> list[str]:
-    n = len(dyn["slopes"][0])
-    labels = dyn.get("slope_labels")
-    return list(labels) if labels and len(labels) == n else [f"slope {k}" for k in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ class Trainer:
     """One run: model, optimizer, schedule, sampler, counters and the run dir they live in."""
 
     def __init__(self, recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool):
-        from pi_lnfree.data import RandomChunkSampler, load_data_folder
+        from pi_lnfree.batches import RandomChunkSampler
+        from pi_lnfree.data import load_data_folder
 
         self.recipe, self.run_dir, self.rt = recipe, Path(run_dir), rt
         t = recipe.section("train")
@@ -206,7 +207,7 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------
     def step(self) -> tuple[float, float, bool]:
         """One optimizer step over grad_accum micro-batches -> (loss, grad norm, applied)."""
-        from pi_lnfree.data import to_device
+        from pi_lnfree.batches import to_device
 
         rt, t = self.rt, self.t
         lr = self.schedule.lr_at(self.c.step)

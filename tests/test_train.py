@@ -148,7 +148,8 @@ def test_first_logged_loss_is_float64_cross_entropy_of_the_first_batch(data_dir,
     initial weights in float64, inputs chunk[:, :-1] and targets chunk[:, 1:]."""
     import torch.nn.functional as F
 
-    from pi_lnfree.data import RandomChunkSampler, load_data_folder
+    from pi_lnfree.batches import RandomChunkSampler
+    from pi_lnfree.data import load_data_folder
     from pi_lnfree.model import GPT
 
     run = tmp_path / "one"

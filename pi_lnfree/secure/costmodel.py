@@ -461,8 +461,7 @@ def resolve_config(
     if checkpoint is not None:
         if preset is not None or variant is not None or vocab_size is not None:
             raise UserError("give either a checkpoint or --preset/--variant/--vocab-size, not both")
-        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
-        from pi_lnfree.diagnostics import resolve_checkpoint
+        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)  # a ckpt.pt, or a run dir holding one
         cfg = config_from_checkpoint(load_checkpoint(path), path)
