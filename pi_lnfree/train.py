@@ -10,8 +10,9 @@ eval_interval steps (best.pt when the eval loss improves), headwise entropy and 
 entropy_interval steps (and at step 0) on a fixed validation batch, a checkpoint every
 ckpt_interval steps; eval, entropy and checkpoint always happen at the last step.
 A non-finite loss or gradient skips the step; max_nonfinite of them in a row stop the run with
-the last good checkpoint kept. `--resume` restores model, optimizer, schedule, sampler and RNG
-state: on CPU a resumed run ends bit-identical to an uninterrupted one.
+the last good checkpoint kept. `--resume` restores model, optimizer, step counters (the learning
+rate is a function of the step), sampler and RNG state: on CPU a resumed run ends bit-identical
+to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -162,7 +163,6 @@ class Trainer:
             raise UserError(f"--resume with a different recipe than {path} was trained with ({shown})")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
         self.sampler.load_state_dict(state["sampler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -176,7 +176,6 @@ class Trainer:
             "step": self.c.step,
             "tokens": self.c.tokens,
             "total_steps": self.total_steps,
-            "schedule": self.schedule.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -245,7 +244,6 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.step = self.c.step + 1
         return loss_v, gnorm_v, finite
 
     # -- periodic work ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
     engine = "crypten"          # the only engine today
     provider = "TTP"            # TTP (dealer process) or TFP (benchmark only)
     precision_bits = 16         # fixed-point fractional bits on int64 shares
-    fast_matmul = true          # exact float64-limb int64 matmul on CPU (issue 7)
+    fast_matmul = true          # exact float64-limb int64 matmul on CPU (`fast_matmul`)
 
     [approximations]
     gelu = "tanh"               # erf-GELU computed via: "erf" | "tanh" | "sigmoid"
