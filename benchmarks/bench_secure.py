@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matmul import SHAPES as MATMUL_SHAPES  # noqa: E402  (the GPT-2 small matmul shapes)
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOL = ROOT / "protocols" / "crypten-2pc-ttp.toml"
+PROTOCOL = "crypten-2pc-ttp"  # a shipped protocol profile
 MATMUL_CATEGORIES = ("embedding", "linear", "attention", "lm_head")
 
 # GPT-2 small at T=128: (name, secret left shape, secret right shape)

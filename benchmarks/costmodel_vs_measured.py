@@ -1,6 +1,6 @@
 """Cost model vs a real secure run of a GPT-2-small-shaped block, and predicted full-model tables.
 
-    .venv/bin/python benchmarks/costmodel_vs_measured.py [--protocol protocols/crypten-2pc-ttp.toml]
+    .venv/bin/python benchmarks/costmodel_vs_measured.py [--protocol crypten-2pc-ttp]
         [--out benchmarks/results/costmodel_gpt2_block.md] [--skip-measure]
 
 1. Measures one block of GPT-2-small shape (d=768, 12 heads, T=128) for SM+LN+G and SM+R under two
@@ -76,7 +76,7 @@ def max_method_check() -> list[str]:
     from pi_lnfree.secure.calibrate import design, fit
     from pi_lnfree.secure.costmodel import Call
 
-    base = load_profile(ROOT / "protocols" / "crypten-2pc-tfp.toml")
+    base = load_profile("crypten-2pc-tfp")
     held_out = [dict(H=1, T=50), dict(H=2, T=37), dict(H=1, T=128)]
     lines = ["| max method | softmax (H, T) | MB predicted | MB measured | rounds predicted | rounds measured |",
              "|---|---|---|---|---|---|"]
@@ -201,7 +201,7 @@ def paper_comparison(profile_path: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", default=str(ROOT / "protocols" / "crypten-2pc-ttp.toml"))
+    ap.add_argument("--protocol", default="crypten-2pc-ttp", help="a profile TOML or a shipped name")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "costmodel_gpt2_block.md"))
     ap.add_argument("--skip-measure", action="store_true", help="Only the predictions (no secure run).")
     args = ap.parse_args()

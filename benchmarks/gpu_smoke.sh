@@ -9,7 +9,7 @@
 #   VOCAB=32768 BATCH=128 ACCUM=4 PRECISION=bf16 COMPILE=true  (overridable)
 #   DEVICE=cpu PRESET=tiny VOCAB=512 BATCH=8 ACCUM=1 PRECISION=fp32 COMPILE=false \
 #     benchmarks/gpu_smoke.sh 20 /tmp/smoke   (a dry run of the script itself on a CPU)
-# Target (issue 8): MFU >= 40% on an H200. Results go to OUT/summary.json; record them in
+# Target: MFU >= 40% on an H200. Results go to OUT/summary.json; record them in
 # benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@ model's magnitude; a small vocabulary so that the block, not the vocabulary, dom
 SM+LN+G and SM+R, runs each under two real CrypTen parties with `secure_eval`, and writes a
 markdown table per variant plus the raw JSON results.
 
-    .venv/bin/python benchmarks/secure_block.py [--protocol protocols/crypten-2pc-ttp.toml]
+    .venv/bin/python benchmarks/secure_block.py [--protocol crypten-2pc-ttp]
         [--seq-len 128] [--vocab 512] [--variants sm-ln-g,sm-r] [--out benchmarks/results]
 """
 
@@ -61,7 +61,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", default=str(ROOT / "protocols" / "crypten-2pc-ttp.toml"))
+    ap.add_argument("--protocol", default="crypten-2pc-ttp", help="a profile TOML or a shipped name")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--variants", default="sm-ln-g,sm-r")
@@ -115,7 +115,7 @@ def gelu_section(results: dict, compare: list[str]) -> str:
 
 
 def markdown(results: dict, args) -> str:
-    cmd = (f".venv/bin/python benchmarks/secure_block.py --protocol {os.path.relpath(Path(args.protocol).resolve(), ROOT)} "
+    cmd = (f".venv/bin/python benchmarks/secure_block.py --protocol {os.path.relpath(os.path.abspath(args.protocol), ROOT)} "
            f"--seq-len {args.seq_len} --vocab {args.vocab} --variants {args.variants}")
     parts = [
         f"# One GPT-2-small-shaped block under CrypTen 2PC: {Path(args.protocol).stem}, T={args.seq_len}",

@@ -13,7 +13,6 @@ import functools
 import os
 import pickle
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from pi_lnfree import __version__
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import CheckpointError, UserError
+from pi_lnfree.files import atomic_write
 
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
@@ -65,28 +65,6 @@ def default_meta() -> dict[str, Any]:
     }
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 _PLAIN = (torch.Tensor, int, float, str, bool, type(None))
 
 
@@ -121,7 +99,8 @@ def save_checkpoint(
         "meta": {**default_meta(), **(meta or {})},
     }
     check_plain(obj)
-    atomic_torch_save(obj, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _unpickler_reason(message: str) -> str:
@@ -159,6 +138,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A `ckpt.pt` path, or a run dir holding one -> the checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "ckpt.pt"
+        if not ckpt.is_file():
+            raise UserError(f"{path} is a directory without ckpt.pt (give a checkpoint file or a run dir)")
+        return ckpt
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
 def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
     try:
         return ModelConfig.from_dict(ckpt["config"])
@@ -185,6 +177,48 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
 _STATE_BUFFERS = (".std_ema", ".frozen")
 
 
+def recorded_tokenizer_sha(ckpt: dict[str, Any]) -> str | None:
+    """The data folder tokenizer's sha256 recorded by the trainer (in "meta" or "train"), if any."""
+    for section in ("meta", "train"):
+        part = ckpt.get(section) or {}
+        if not isinstance(part, dict):
+            continue
+        for holder in (part, part.get("data") if isinstance(part.get("data"), dict) else {}):
+            sha = holder.get("tokenizer_sha256")
+            if sha:
+                return str(sha)
+    return None
+
+
+def _padded(model_vocab: int, data_vocab: int) -> bool:
+    """Whether the model's vocabulary is the data's rounded up to a multiple of 64 or 128 (the
+    usual padding, e.g. Pythia's 50277 -> 50304)."""
+    return any(model_vocab == -(-data_vocab // m) * m for m in (64, 128))
+
+
+def check_same_tokenizer(cfg, folder, ckpt: dict[str, Any]) -> None:
+    """UserError unless `folder` was made with the tokenizer the checkpoint was trained on.
+
+    With a tokenizer sha256 recorded in the checkpoint it must equal the folder's (the model's
+    vocabulary may then be padded); without one, the vocabulary sizes must match, or the model's
+    be the data's padded to a multiple of 64 or 128.
+    """
+    want = recorded_tokenizer_sha(ckpt)
+    have = getattr(folder, "tokenizer_sha256", None)
+    if want and have and want != have:
+        raise UserError(
+            f"data folder tokenizer (sha256 {have[:12]}...) differs from the one the checkpoint was "
+            f"trained with ({want[:12]}...): prepare the data with the same tokenizer"
+        )
+    model_vocab, data_vocab = int(cfg.vocab_size), int(folder.vocab_size)
+    same = want and have and want == have
+    if model_vocab != data_vocab and not same and not _padded(model_vocab, data_vocab):
+        raise UserError(
+            f"data folder vocabulary ({data_vocab} tokens) differs from the checkpoint's "
+            f"({model_vocab}): prepare the data with the tokenizer the model was trained on"
+        )
+
+
 def load_initial_weights(model, path: str | os.PathLike, folder=None) -> dict[str, Any]:
     """`train.init_from`: copy a checkpoint's weights into a freshly built `model` (same shapes).
 
@@ -195,7 +229,6 @@ def load_initial_weights(model, path: str | os.PathLike, folder=None) -> dict[st
     with the checkpoint's "path" and "variant". Raises UserError (one line) otherwise.
     """
     from pi_lnfree.config import variant_label
-    from pi_lnfree.diagnostics import check_same_tokenizer, resolve_checkpoint
 
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import typer
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import to_json
 from pi_lnfree.progress import console
 
 app = typer.Typer(
@@ -43,7 +44,7 @@ def emit(result: dict[str, Any], as_json: bool) -> None:
     """Print one JSON object on stdout when --json is given (strict JSON: a non-finite number,
     such as an overflowing perplexity, is written as null; the result's warnings say why)."""
     if as_json:
-        sys.stdout.write(json.dumps(_finite(result), default=_json_default, allow_nan=False) + "\n")
+        sys.stdout.write(to_json(_finite(result)) + "\n")
         sys.stdout.flush()
 
 
@@ -55,18 +56,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _not_built(name: str) -> None:
-    raise UserError(f"`pi-lnfree {name}` is not built yet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,13 +106,19 @@ def data_prepare(
 
 @app.command()
 def train(
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe TOML (training/*.toml). Optional with --resume."),
+    recipe: Optional[Path] = typer.Option(
+        None, "--recipe", help="Recipe: a TOML file or a shipped name (cpu, tiny, gpt2-codeparrot, "
+        "pythia-70m-codeparrot). Optional with --resume."
+    ),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a recipe key: section.key=VALUE (a TOML value, e.g. model.activation=relu)."
     ),
     out: Path = typer.Option(..., "--out", help="Run directory (with --matrix: the parent of one folder per run)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its ckpt.pt left off."),
-    matrix: Optional[Path] = typer.Option(None, "--matrix", help="Matrix TOML: train every listed variant into OUT/NAME."),
+    matrix: Optional[Path] = typer.Option(
+        None, "--matrix", help="Matrix: a TOML file or a shipped name (paper-variants, hybrid-variants); "
+        "trains every listed variant into OUT/NAME."
+    ),
     init_from: Optional[Path] = typer.Option(
         None, "--init-from", help="Start from this checkpoint's weights (a ckpt.pt or run dir; same shapes as the "
         "recipe's model), e.g. a converted GPT-2. Same as --set train.init_from=PATH."
@@ -190,6 +185,7 @@ def entropy(
 ) -> None:
     """Headwise attention entropy of a checkpoint, entropy bands, heatmap and dynamics."""
     from pi_lnfree import diagnostics as dg
+    from pi_lnfree.tables import entropy_table
 
     if data is None and dynamics is None:
         raise UserError("give --data DIR (entropy on its validation split) and/or --dynamics PNG (from a run dir)")
@@ -198,15 +194,19 @@ def entropy(
     result: dict[str, Any] = {}
     if data is not None:
         result = dg.entropy_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
-        console.print(dg.entropy_table(result))
+        console.print(entropy_table(result))
         console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
         if plot is not None:
-            result["plot"] = str(dg.write_entropy_heatmap(result, plot))
+            from pi_lnfree.plots import write_entropy_heatmap
+
+            result["plot"] = str(write_entropy_heatmap(result, plot))
             console.print(f"wrote {plot}", soft_wrap=True)
     if dynamics is not None:
         dyn = dg.run_dynamics(checkpoint)
         result["dynamics"] = dyn
-        result["dynamics_plot"] = str(dg.write_dynamics_figure(dyn, dynamics))
+        from pi_lnfree.plots import write_dynamics_figure
+
+        result["dynamics_plot"] = str(write_dynamics_figure(dyn, dynamics))
         console.print(f"wrote {dynamics} ({len(dyn['steps'])} entropy records)", soft_wrap=True)
     emit(result, as_json)
 
@@ -221,7 +221,9 @@ def secure_eval(
         ..., help="A ckpt.pt or a run dir holding one. With --rank 0 it is only the plaintext reference "
         "for fidelity ('-': none); with --rank 1 it holds the weights the server shares."
     ),
-    protocol: Path = typer.Option(..., "--protocol", help="Protocol profile TOML (protocols/crypten-2pc-ttp.toml, ...)."),
+    protocol: Path = typer.Option(
+        ..., "--protocol", help="Protocol profile: a TOML file or a shipped name (crypten-2pc-ttp, crypten-2pc-tfp, ...)."
+    ),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default: 32, or the data folder's length)."),
     samples: int = typer.Option(1, "--samples", help="Sequences evaluated securely (costs are per sequence, averaged)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder: the client's tokens are its first validation sequences (default: seeded random tokens)."),
@@ -261,8 +263,11 @@ def secure_eval(
     input outside an approximation's valid range, or an infinite secure perplexity): the measured
     costs are printed and in --json all the same, with `flags` saying why.
     """
+    from pi_lnfree.secure.crypten_compat import require_crypten
     from pi_lnfree.secure.evaluate import secure_eval as run_secure_eval
     from pi_lnfree.secure_view import print_audit_warnings, print_secure_result
+
+    require_crypten()
 
     result = run_secure_eval(
         checkpoint, protocol, seq_len=seq_len, samples=samples, data=data, timeout_s=timeout, rank=rank,
@@ -321,12 +326,15 @@ def cost(
     variant: Optional[str] = typer.Option(None, "--variant", help="Variant with --preset (sm-ln-g, sm-r, ...)."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary with --preset (default 50257)."),
     sets: list[str] = typer.Option([], "--set", help="Model override model.KEY=VALUE (e.g. model.final_norm=false)."),
-    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile TOML (calibrated)."),
+    protocol: Optional[Path] = typer.Option(
+        None, "--protocol", help="Protocol profile (calibrated): a TOML file or a shipped name (crypten-2pc-ttp, ...)."
+    ),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence."),
     calibrate: Optional[Path] = typer.Option(
-        None, "--calibrate", help="Calibrate this profile: small real secure runs, unit costs saved next to it."
+        None, "--calibrate", help="Calibrate this profile (a TOML file or a shipped name): small real secure "
+        "runs, unit costs saved next to it."
     ),
-    networks: Optional[Path] = typer.Option(None, "--networks", help="Network profiles (default protocols/networks.toml)."),
+    networks: Optional[Path] = typer.Option(None, "--networks", help="Network profiles TOML (default: the shipped protocols/networks.toml)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Predict secure-inference cost from calibrated per-operator unit costs (no MPC run).
@@ -339,9 +347,11 @@ def cost(
     """
     if calibrate is not None:
         from pi_lnfree.secure.calibrate import calibrate as run_calibration
+        from pi_lnfree.secure.crypten_compat import require_crypten
 
         if checkpoint or preset or variant or protocol or seq_len:
             raise UserError("--calibrate PROFILE takes no model, --protocol or --seq-len")
+        require_crypten()
         console.print(f"calibrating {calibrate}: small secure runs of every primitive (a few minutes)")
         result = run_calibration(calibrate)
         console.print(f"wrote {result['calibration']} ({result['points']} points, {result['calibration_seconds']} s)")
@@ -352,7 +362,7 @@ def cost(
     from pi_lnfree.secure_view import print_prediction
 
     if protocol is None or seq_len is None:
-        raise UserError("give --protocol FILE and --seq-len T (or --calibrate PROFILE)")
+        raise UserError("give --protocol PROFILE and --seq-len T (or --calibrate PROFILE)")
     cfg = costmodel.resolve_config(checkpoint, preset, variant, vocab_size, sets)
     profile = load_profile(protocol)
     result = costmodel.predict(cfg, profile, seq_len, networks=load_networks(networks),
@@ -373,7 +383,7 @@ def report(
         False, "--no-compute", help="Only read results cached in the run dirs; mark the rest n/a with the reason."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder for eval/entropy/secure tokens (default: each run's own)."),
-    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile for secure-eval and the cost model (default protocols/crypten-2pc-ttp.toml)."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile for secure-eval and the cost model: a TOML file or a shipped name (default crypten-2pc-ttp)."),
     secure_seq_len: int = typer.Option(32, "--secure-seq-len", help="Tokens per sequence under secure-eval (0: skip secure-eval)."),
     samples: int = typer.Option(1, "--samples", help="Validation sequences per run under secure-eval."),
     cost_seq_len: Optional[int] = typer.Option(None, "--cost-seq-len", help="Sequence length for the cost model (default: the model's context; 0: skip)."),
@@ -390,7 +400,8 @@ def report(
     Results are cached in each run dir (eval.json, entropy.json, secure-PROTOCOL-T{T}.json,
     cost-PROTOCOL-T{T}.json) and reused when their settings match.
     """
-    from pi_lnfree.report import DEFAULT_PROTOCOL, ReportOptions, make_report
+    from pi_lnfree.report import ReportOptions, make_report
+    from pi_lnfree.resources import DEFAULT_PROTOCOL
 
     opts = ReportOptions(
         data=data, compute=not no_compute, eval_batch_size=eval_batch_size, eval_batches=eval_batches,

@@ -16,28 +16,25 @@ Batches (random training chunks, ordered validation) live in `pi_lnfree.batches`
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pi_lnfree import bpe
-from pi_lnfree.batches import RandomChunkSampler, iter_valid_batches, to_device
 from pi_lnfree.corpus import SPLIT_RULE, ReadStats, iter_documents, open_source
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import AtomicFile, write_json
 from pi_lnfree.progress import console, progress
 
 __all__ = [
     "DataFolder",
-    "RandomChunkSampler",
-    "iter_valid_batches",
+    "describe",
     "load_data_folder",
     "prepare",
-    "to_device",
 ]
 
 FORMAT = "pi-lnfree-data/1"
@@ -154,11 +151,13 @@ def _reuse_or_clear(out: Path, request: dict, overwrite: bool) -> dict | None:
 
 
 class _ShardWriter:
-    """Appends whole seq_len chunks of each document to `<split>.bin.tmp`, counting as it goes."""
+    """Appends whole seq_len chunks of each document to a temporary file that becomes `path` in
+    `finish()`, counting as it goes."""
 
     def __init__(self, path: Path, seq_len: int, dtype: np.dtype):
         self.path, self.seq_len, self.dtype = path, seq_len, dtype
-        self.file = open(path.with_suffix(".bin.tmp"), "wb")  # closed in finish()
+        self.out = AtomicFile(path, "wb")  # committed in finish()
+        self.file = self.out.file
         self.documents = self.text_bytes = self.tokens = self.chunks = 0
 
     def add(self, ids_list: list[list[int]], text_bytes: int) -> None:
@@ -175,8 +174,7 @@ class _ShardWriter:
             self.file.write(np.concatenate(pieces).tobytes())
 
     def finish(self) -> dict:
-        self.file.close()
-        os.replace(self.path.with_suffix(".bin.tmp"), self.path)
+        self.out.commit()
         return {"files": self.documents, "text_bytes": self.text_bytes,
                 "tokens": self.tokens, "chunks": self.chunks}
 
@@ -214,7 +212,7 @@ def _tokenize_splits(source, tok, out: Path, seq_len: int, valid_fraction: float
                 flush(split)
     except BaseException:
         for writer in writers.values():
-            writer.file.close()
+            writer.out.discard()
         raise
     return {s: writers[s].finish() for s in SPLITS}
 
@@ -310,12 +308,10 @@ def prepare(
             "valid_fraction": valid_fraction,
         },
         "limit_mb": limit_mb,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json(out / "manifest.json", manifest, indent=2)
     if stats.skipped:
         console.print(f"skipped {_skipped(stats)}", highlight=False)
     if manifest["chunks"]["valid"] == 0:

@@ -2,39 +2,40 @@
 
 1. prepare a small data folder from the Python standard library (byte-level BPE, vocab 2048);
 2. train the paper's four configurations (SM+LN+G, SM+LN+R, SM+G, SM+R) with the CPU recipe
-   (`training/cpu.toml`, cpu-small: 4 layers, 4 heads, d=128) for 300 steps of 16 x 128 tokens each;
+   (the shipped `cpu` recipe, cpu-small: 4 layers, 4 heads, d=128) for 300 steps of 16 x 128 tokens each;
 3. for each: eval perplexity, headwise entropy, a secure-eval under two real CrypTen parties (TTP
    dealer, T=32) and the cost model's prediction at the full context (T=128);
 4. write the report (tables, figures) to reports/demo/ and print the main table.
 
 Everything is reused when the demo runs again: the data folder, finished runs (an interrupted run
 resumes), and the cached results in each run dir. Each stage is timed; the times are printed and
-written to reports/demo/timings.json. Work folders: .demo/ (data and runs), reports/demo/.
+written to reports/demo/timings.json. Work folders, relative to the current directory: .demo/
+(data and runs), reports/demo/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_json
 from pi_lnfree.progress import console
+from pi_lnfree.resources import DEFAULT_PROTOCOL, protocol_file, recipe_file
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("sm-ln-g", "sm-ln-r", "sm-g", "sm-r")
-DEFAULTS: dict[str, Any] = {
-    "work": REPO / ".demo",
-    "out": REPO / "reports" / "demo",
+DEFAULTS: dict[str, Any] = {  # folders relative to the current directory (`make demo`: the repository)
+    "work": Path(".demo"),
+    "out": Path("reports") / "demo",
     "vocab_size": 2048,
     "limit_mb": 5.0,
     "steps": 300,
     "batch_size": 16,
     "secure_seq_len": 32,
-    "protocol": REPO / "protocols" / "crypten-2pc-ttp.toml",
+    "protocol": DEFAULT_PROTOCOL,
 }
 
 
@@ -61,14 +62,14 @@ def _finished_step(run_dir: Path) -> int | None:
 
 
 def train_variant(variant: str, data: Path, vocab_size: int, run_dir: Path, steps: int, batch_size: int) -> str:
-    """Train one configuration with training/cpu.toml; returns "reused", "resumed" or "trained"."""
+    """Train one configuration with the `cpu` recipe; returns "reused", "resumed" or "trained"."""
     from pi_lnfree.runs import train_command
 
     sets = [f"data.dir={data}", f"data.vocab_size={vocab_size}", f"model.variant={variant}", f"train.max_steps={steps}",
             f"train.batch_size={batch_size}", f"train.eval_interval={max(steps // 3, 1)}",
             f"train.ckpt_interval={max(steps // 3, 1)}", f"train.entropy_interval={max(steps // 6, 1)}",
             "train.log_interval=5"]
-    recipe = REPO / "training" / "cpu.toml"
+    recipe = recipe_file("cpu")
     done = _finished_step(run_dir)
     if done == steps:
         return "reused"
@@ -84,11 +85,12 @@ def train_variant(variant: str, data: Path, vocab_size: int, run_dir: Path, step
 
 
 def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int, batch_size: int,
-             secure_seq_len: int, protocol: Path) -> dict[str, Any]:
+             secure_seq_len: int, protocol: str | Path) -> dict[str, Any]:
     """All stages; returns {"timings": {stage: seconds}, "runs": [...], "report": summary}."""
     from pi_lnfree.data import load_data_folder
     from pi_lnfree.report import PIECES, ReportOptions, gather_piece, make_report, open_run
 
+    protocol = protocol_file(protocol)  # a wrong name fails now, not after the training
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -109,6 +111,7 @@ def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int
     opts = ReportOptions(data=data, eval_batch_size=16, eval_batches=None, entropy_batch_size=16,
                          entropy_batches=max(1, min(4, n_valid // 16)), protocol=protocol, secure_seq_len=secure_seq_len, samples=1,
                          cost_seq_len=None)
+    opts.validate()
     runs = [open_run(d, data) for d in run_dirs]
     names = {"eval": "eval", "entropy": "entropy", "secure": f"secure-eval T={secure_seq_len}", "cost": "cost model"}
     for piece in PIECES:
@@ -123,7 +126,7 @@ def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int
               "missing": summary["missing"], "settings": {
                   "vocab_size": vocab_size, "limit_mb": limit_mb, "steps": steps, "batch_size": batch_size,
                   "secure_seq_len": secure_seq_len, "protocol": str(protocol)}}
-    (Path(out) / "timings.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(Path(out) / "timings.json", result)
     _print_timings(timings)
     console.print(f"report: {summary['report']} (figures in {Path(out) / 'figures'})", highlight=False)
     return result
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps per configuration")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--secure-seq-len", type=int, default=DEFAULTS["secure_seq_len"])
-    p.add_argument("--protocol", type=Path, default=DEFAULTS["protocol"])
+    p.add_argument("--protocol", default=DEFAULTS["protocol"], help="a profile TOML or a shipped profile's name")
     a = p.parse_args(argv)
     try:
         run_demo(a.work, a.out, a.vocab_size, a.limit_mb, a.steps, a.batch_size, a.secure_seq_len, a.protocol)

@@ -95,33 +95,7 @@ def entropy_bands(entropy: np.ndarray | list, emax: float | None = None) -> dict
 
 
 # ---------------------------------------------------------------------------------------------
-# inputs: checkpoint paths and data compatibility
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A `ckpt.pt` path, or a run dir holding one -> the checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        ckpt = path / "ckpt.pt"
-        if not ckpt.is_file():
-            raise UserError(f"{path} is a directory without ckpt.pt (give a checkpoint file or a run dir)")
-        return ckpt
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    return path
-
-
-def recorded_tokenizer_sha(ckpt: dict[str, Any]) -> str | None:
-    """The data folder tokenizer's sha256 recorded by the trainer (in "meta" or "train"), if any."""
-    for section in ("meta", "train"):
-        part = ckpt.get(section) or {}
-        if not isinstance(part, dict):
-            continue
-        for holder in (part, part.get("data") if isinstance(part.get("data"), dict) else {}):
-            sha = holder.get("tokenizer_sha256")
-            if sha:
-                return str(sha)
-    return None
+# inputs: data compatibility
 
 
 def check_fits(cfg, folder, n_positions: int) -> None:
@@ -139,39 +113,10 @@ def check_fits(cfg, folder, n_positions: int) -> None:
         )
 
 
-def _padded(model_vocab: int, data_vocab: int) -> bool:
-    """Whether the model's vocabulary is the data's rounded up to a multiple of 64 or 128 (the
-    usual padding, e.g. Pythia's 50277 -> 50304)."""
-    return any(model_vocab == -(-data_vocab // m) * m for m in (64, 128))
-
-
-def check_same_tokenizer(cfg, folder, ckpt: dict[str, Any]) -> None:
-    """UserError unless `folder` was made with the tokenizer the checkpoint was trained on.
-
-    With a tokenizer sha256 recorded in the checkpoint it must equal the folder's (the model's
-    vocabulary may then be padded); without one, the vocabulary sizes must match, or the model's
-    be the data's padded to a multiple of 64 or 128.
-    """
-    want = recorded_tokenizer_sha(ckpt)
-    have = getattr(folder, "tokenizer_sha256", None)
-    if want and have and want != have:
-        raise UserError(
-            f"data folder tokenizer (sha256 {have[:12]}...) differs from the one the checkpoint was "
-            f"trained with ({want[:12]}...): prepare the data with the same tokenizer"
-        )
-    model_vocab, data_vocab = int(cfg.vocab_size), int(folder.vocab_size)
-    same = want and have and want == have
-    if model_vocab != data_vocab and not same and not _padded(model_vocab, data_vocab):
-        raise UserError(
-            f"data folder vocabulary ({data_vocab} tokens) differs from the checkpoint's "
-            f"({model_vocab}): prepare the data with the tokenizer the model was trained on"
-        )
-
-
 def _batches(folder, batch_size: int, batches: int | None, device) -> tuple[Iterator, int]:
     """(iterator of (B, T) LongTensors on `device` over the first batches*batch_size validation
     sequences, number of batches). The iterator raises UserError on an empty split or bad sizes."""
-    from pi_lnfree.data import iter_valid_batches, to_device
+    from pi_lnfree.batches import iter_valid_batches, to_device
 
     total = batches if batches is not None else -(-len(folder.valid) // max(batch_size, 1))
     return (to_device(b, device) for b in iter_valid_batches(folder, batch_size, batches)), total
@@ -349,7 +294,7 @@ def load_checkpoint_and_data(ckpt_path, data_dir, device=None):
     sequences fit the model's context is checked by `evaluate` / `entropy_matrix`).
     Returns (model, folder, identity dict).
     """
-    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.checkpoint import check_same_tokenizer, load_model, resolve_checkpoint
     from pi_lnfree.config import variant_label, variant_name
     from pi_lnfree.data import load_data_folder
 
@@ -410,48 +355,3 @@ def _slope_labels(cfg) -> list[str]:
         else:
             labels.append("shared by layers " + ",".join(map(str, layers)))
     return labels
-
-
-# ---------------------------------------------------------------------------------------------
-# human output and figures for the CLI
-
-
-def entropy_table(result: dict[str, Any]):
-    """A rich Table per layer: mean/min/max headwise entropy and band shares."""
-    from rich.table import Table
-
-    table = Table(title=f"headwise entropy (nats), {result.get('label', '')}: Emax {result['emax']:.3f}, "
-                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax")
-    table.add_column("layer", justify="right")
-    for name in ("mean", "min", "max"):
-        table.add_column(name, justify="right")
-    for key in BAND_KEYS:
-        table.add_column(f"{key}%", justify="right")
-    for i, (row, bands) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
-        stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
-        table.add_row(str(i), *stats, *(f"{bands[k]:.0%}" for k in BAND_KEYS))
-    table.add_row("all", f"{np.mean(result['entropy']):.3f}", f"{np.min(result['entropy']):.3f}",
-                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in BAND_KEYS), end_section=True)
-    return table
-
-
-def write_entropy_heatmap(result: dict[str, Any], out: str | os.PathLike) -> Path:
-    """The layers x heads heatmap of an `entropy_checkpoint` result, on the 0..max_entropy scale."""
-    from pi_lnfree.plots import entropy_heatmap
-
-    title = (f"Headwise attention entropy: {result['label']} ({result['variant']})\n"
-             f"overload: {result['overload_fraction']:.0%} of heads in the top band")
-    return entropy_heatmap(result["entropy"], out, title, vmax=result["max_entropy"], emax=result["emax"])
-
-
-def write_dynamics_figure(dyn: dict[str, Any], out: str | os.PathLike) -> Path:
-    """Entropy-per-layer (and slope) history of a `run_dynamics` result as a PNG."""
-    from pi_lnfree.plots import dynamics_figure
-
-    name = f"{dyn['label']} ({dyn['variant']})" if "label" in dyn else str(Path(dyn["metrics"]).parent)
-    n_slopes = len(dyn["slopes"][0]) if dyn["slopes"] else 0
-    labels = dyn.get("slope_labels")
-    if labels is None or len(labels) != n_slopes:
-        labels = [f"slope {k}" for k in range(n_slopes)]
-    return dynamics_figure(dyn["steps"], dyn["entropy_per_layer"], out, f"Training dynamics: {name}",
-                           dyn["slope_steps"], dyn["slopes"], labels, max_entropy=dyn.get("max_entropy"))

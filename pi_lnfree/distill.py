@@ -60,9 +60,8 @@ def load_teacher(path: str | os.PathLike, student_cfg, folder, positions: int,
                  device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The frozen teacher of a distillation run: (model in eval mode, no parameter requiring grad;
     {"path", "sha256", "label"}). UserError when it cannot read the student's data."""
-    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.checkpoint import check_same_tokenizer, load_model, resolve_checkpoint
     from pi_lnfree.config import variant_label
-    from pi_lnfree.diagnostics import check_same_tokenizer, resolve_checkpoint
 
     ckpt_path = resolve_checkpoint(path)
     teacher, ckpt = load_model(ckpt_path, device)

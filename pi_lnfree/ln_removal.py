@@ -25,44 +25,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import UserError
-
-
-class FreezableLayerNorm(nn.LayerNorm):
-    """LayerNorm over the last dim that can switch to a frozen scale.
-
-    Buffers (saved in checkpoints): `std_ema`, the running average of the per-token std
-    sqrt(var + eps) seen in training forward passes (0 before the first), and `frozen`. While not
-    frozen it is exactly `nn.LayerNorm`, and each forward with grad enabled in train mode folds
-    the batch's mean per-token std into `std_ema` with decay `ema_decay` (the first one sets it);
-    once frozen it computes (x - mean(x)) / std_ema * weight + bias. Input and output (..., d).
-    """
-
-    def __init__(self, d: int, eps: float = 1e-5, ema_decay: float = 0.99):
-        super().__init__(d, eps=eps)
-        self.ema_decay = ema_decay
-        self.register_buffer("std_ema", torch.zeros(()))
-        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool(self.frozen):
-            xc = x - x.mean(-1, keepdim=True)
-            return xc / self.std_ema.to(x.dtype) * self.weight + self.bias
-        if self.training and torch.is_grad_enabled():
-            with torch.no_grad():
-                std = (x.float().var(-1, unbiased=False) + self.eps).sqrt().mean()
-                ema = self.std_ema * self.ema_decay + std * (1.0 - self.ema_decay)
-                self.std_ema.copy_(torch.where(self.std_ema == 0, std, ema))
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-
-    def freeze(self) -> None:
-        """Switch to the frozen scale (RuntimeError when no std was ever collected)."""
-        if float(self.std_ema) <= 0.0:
-            raise RuntimeError("cannot freeze a LayerNorm that has seen no training batch")
-        self.frozen.fill_(True)
+from pi_lnfree.model import GPT, FreezableLayerNorm
 
 
 @dataclass(frozen=True)
@@ -148,7 +114,6 @@ def fold_frozen_norms(model: nn.Module) -> nn.Module:
     Weights are folded in float64 and stored in the model's dtype. Raises UserError when a norm is
     not frozen yet.
     """
-    from pi_lnfree.model import GPT
 
     cfg = model.config
     norms = removable_norms(model)

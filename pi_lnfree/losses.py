@@ -7,9 +7,8 @@ do not fit in cache (4064 x 4096 fp32 = 64 MiB per step for the CPU recipe). Her
 taken a chunk at a time, small enough that the chunk's logits stay in cache, and since the loss
 is the end of the graph its gradient is formed in the same pass: softmax minus one-hot, then
 grad_h = G @ W and grad_W += G^T @ h. Backward only scales the two by the incoming gradient.
-Same math, same FLOPs; on the CPU recipe it takes the LM head + loss from ~190 ms to ~115 ms per
-step on 2 threads, and the whole step from parity with HF Trainer to 1.16-1.21x its tokens/s
-(`benchmarks/results/bench_train.md`).
+Same math, same FLOPs, fewer passes over memory: what that gains on the CPU recipe, and against a
+Hugging Face Trainer, is recorded in `benchmarks/results/bench_train.md`.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from pi_lnfree.files import atomic_write
+
 DPI = 150
 
 
@@ -34,11 +36,10 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
 
 
 def save_figure(fig: Figure, out: str | os.PathLike) -> Path:
-    """Write `fig` as PNG to `out` (parent folders created) and return the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, bbox_inches="tight")
-    return out
+    """Write `fig` as PNG to `out` atomically (parent folders created) and return the path."""
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
+    return Path(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +154,32 @@ def dynamics_figure(
     return save_figure(fig, out)
 
 
+def slope_legend(dyn: dict) -> list[str]:
+    """Legend labels of the learnable slopes of a `diagnostics.run_dynamics` result: the
+    recorded `slope_labels` when they match the slopes, else "slope k"."""
+    n = len(dyn["slopes"][0]) if dyn["slopes"] else 0
+    labels = dyn.get("slope_labels")
+    return list(labels) if labels and len(labels) == n else [f"slope {k}" for k in range(n)]
+
+
+def write_entropy_heatmap(result: dict, out: str | os.PathLike) -> Path:
+    """The layers x heads heatmap of a `diagnostics.entropy_checkpoint` result, on the
+    0..max_entropy scale (`pi-lnfree entropy --plot`)."""
+    title = (f"Headwise attention entropy: {result['label']} ({result['variant']})\n"
+             f"overload: {result['overload_fraction']:.0%} of heads in the top band")
+    return entropy_heatmap(result["entropy"], out, title, vmax=result["max_entropy"], emax=result["emax"])
+
+
+def write_dynamics_figure(dyn: dict, out: str | os.PathLike) -> Path:
+    """Entropy-per-layer (and slope) history of a `diagnostics.run_dynamics` result
+    (`pi-lnfree entropy --dynamics`)."""
+    name = f"{dyn['label']} ({dyn['variant']})" if "label" in dyn else str(Path(dyn["metrics"]).parent)
+    return dynamics_figure(dyn["steps"], dyn["entropy_per_layer"], out, f"Training dynamics: {name}",
+                           dyn["slope_steps"], dyn["slopes"], slope_legend(dyn), max_entropy=dyn.get("max_entropy"))
+
+
 # =============================================================================================
-# Report figures (added for `pi-lnfree report`): several runs of one model family side by side.
+# Report figures: several runs of one model family side by side.
 
 
 def _panel_grid(n: int, max_cols: int = 4) -> tuple[int, int]:

@@ -13,14 +13,16 @@ dataclass is derived from ModelConfig, so a new model field is typed without bei
 `--set section.key=value` overrides a key; the value is read as a TOML value (true, 3e-4,
 [1, 2], "text"), and text that is not valid TOML is taken as a bare string (model.variant=sm-r).
 
-Local paths (data.dir, data.tokenizer, train.distill_from, train.init_from): relative in a file means relative to that file's folder;
-relative in `--set` means relative to the current directory. Both are stored absolute.
+Local paths (data.dir, data.tokenizer, train.distill_from, train.init_from): relative ones, in a
+recipe file as in `--set`, are relative to the current directory, like `--out` (a shipped recipe
+must not put its data inside the installed package); they are stored absolute.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 import types
 import typing
 from collections.abc import Sequence
@@ -29,7 +31,6 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 import pydantic
 import tomli_w
-import tomllib
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
@@ -397,8 +398,8 @@ def resolve_recipe(doc: dict[str, Any], sets: Sequence[str] = (), base_dir: str 
                    where: str = "recipe", extra: Sequence[Layer] = ()) -> TrainConfig:
     """Recipe document (parsed TOML) + `--set` items + `extra` documents -> a validated TrainConfig.
 
-    `base_dir` is the folder a relative path in `doc` is resolved against (the recipe's folder); a
-    relative path from `sets` is resolved against the current directory. `extra` holds
+    `base_dir` is the folder a relative path in `doc` is resolved against (None, as `load_recipe`
+    passes: the current directory, as for every path from `sets`). `extra` holds
     (where, document, base folder) layers applied last (a matrix run's own keys). Errors: UserError
     for an unknown section or key, a value of the wrong type or range, or an invalid model.
     """
@@ -439,7 +440,7 @@ def load_toml(path: str, what: str = "recipe") -> dict[str, Any]:
 def load_recipe(path: str, sets: Sequence[str] = (), extra: Sequence[Layer] = ()) -> TrainConfig:
     """Read a recipe TOML file and apply `--set` overrides, then `extra` (see `resolve_recipe`)."""
     doc = load_toml(path)
-    return resolve_recipe(doc, sets, base_dir=os.path.dirname(os.path.abspath(path)), where=str(path), extra=extra)
+    return resolve_recipe(doc, sets, where=str(path), extra=extra)
 
 
 __all__ = [

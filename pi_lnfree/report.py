@@ -32,11 +32,10 @@ from typing import Any
 
 from pi_lnfree.errors import UserError
 from pi_lnfree.progress import console
+from pi_lnfree.resources import DEFAULT_PROTOCOL, protocol_file
 
 CACHE_FORMAT = "pi-lnfree-report-cache/1"
 PIECES = ("eval", "entropy", "secure", "cost")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PROTOCOL = REPO_ROOT / "protocols" / "crypten-2pc-ttp.toml"
 
 
 @dataclass
@@ -49,14 +48,20 @@ class ReportOptions:
     eval_batches: int | None = None  # None: the whole validation split
     entropy_batch_size: int = 16
     entropy_batches: int | None = 8
-    protocol: Path = DEFAULT_PROTOCOL
+    protocol: str | Path = DEFAULT_PROTOCOL  # a profile TOML or a shipped profile's name
     secure_seq_len: int = 32  # 0: no secure-eval
     samples: int = 1
     cost_seq_len: int | None = None  # None: the model's context; 0: no cost model
     timeout_s: float = 600.0
 
+    def cost_length(self, config: Any) -> int:
+        """Sequence length for the cost model of a model with `config`: `cost_seq_len`, or the
+        model's context."""
+        return self.cost_seq_len if self.cost_seq_len is not None else int(config.block_size)
+
     def validate(self) -> None:
-        """UserError on settings that cannot work."""
+        """UserError on settings that cannot work; resolves `protocol` to its file when a secure
+        piece needs it."""
         for name in ("eval_batch_size", "entropy_batch_size", "samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -68,8 +73,8 @@ class ReportOptions:
             raise UserError("sequence lengths must be positive (0 skips that piece)")
         if self.data is not None and not Path(self.data).is_dir():
             raise UserError(f"--data {self.data}: no such data folder")
-        if (self.secure_seq_len or self.cost_seq_len != 0) and not Path(self.protocol).is_file():
-            raise UserError(f"--protocol {self.protocol}: file not found")
+        if self.secure_seq_len or self.cost_seq_len != 0:
+            self.protocol = protocol_file(self.protocol)
 
 
 @dataclass
@@ -154,16 +159,11 @@ def _protocol_stem(opts: ReportOptions) -> str:
     return Path(opts.protocol).stem
 
 
-def cost_seq_len(run: RunResult, opts: ReportOptions) -> int:
-    """Sequence length for the cost model: --cost-seq-len, or the model's context."""
-    return opts.cost_seq_len if opts.cost_seq_len is not None else int(run.config.block_size)
-
-
 def cache_name(piece: str, run: RunResult, opts: ReportOptions) -> str:
     """The JSON file of `piece` inside the run dir."""
     if piece in ("eval", "entropy"):
         return f"{piece}.json"
-    seq = opts.secure_seq_len if piece == "secure" else cost_seq_len(run, opts)
+    seq = opts.secure_seq_len if piece == "secure" else opts.cost_length(run.config)
     return f"{piece}-{_protocol_stem(opts)}-T{seq}.json"
 
 
@@ -181,7 +181,7 @@ def request_of(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, Any
         from pi_lnfree.secure.costmodel import calibration_path
 
         cal = calibration_path(opts.protocol)
-        req.update(protocol=_protocol_stem(opts), seq_len=cost_seq_len(run, opts),
+        req.update(protocol=_protocol_stem(opts), seq_len=opts.cost_length(run.config),
                    calibration=_sha256(cal) if cal.is_file() else None)
     return req
 
@@ -213,8 +213,10 @@ def compute_piece(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, 
                                   show_progress=True)
     if piece == "secure":
         from pi_lnfree.progress import progress
+        from pi_lnfree.secure.crypten_compat import require_crypten
         from pi_lnfree.secure.evaluate import secure_eval
 
+        require_crypten()
         data = run.data_dir if run.data_dir is not None and Path(run.data_dir).is_dir() else None
         with progress(transient=True) as bar:  # secure_eval reports nothing while the parties run
             bar.add_task(f"secure-eval T={opts.secure_seq_len} ({Path(opts.protocol).stem})", total=None)
@@ -223,7 +225,7 @@ def compute_piece(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, 
     from pi_lnfree.secure.costmodel import predict
     from pi_lnfree.secure.profile import load_profile
 
-    return predict(run.config, load_profile(opts.protocol), cost_seq_len(run, opts), checkpoint=str(ckpt))
+    return predict(run.config, load_profile(opts.protocol), opts.cost_length(run.config), checkpoint=str(ckpt))
 
 
 def read_cache(path: Path, request: dict[str, Any]) -> tuple[dict | None, str | None]:
@@ -245,12 +247,9 @@ def read_cache(path: Path, request: dict[str, Any]) -> tuple[dict | None, str | 
 
 def write_cache(path: Path, request: dict[str, Any], result: dict[str, Any], seconds: float) -> None:
     """Write a cache file atomically."""
-    from pi_lnfree.cli import _json_default
+    from pi_lnfree.files import write_json
 
-    doc = {"format": CACHE_FORMAT, "request": request, "seconds": round(seconds, 3), "result": result}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, {"format": CACHE_FORMAT, "request": request, "seconds": round(seconds, 3), "result": result})
 
 
 def gather_piece(piece: str, run: RunResult, opts: ReportOptions) -> float:

@@ -15,9 +15,8 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,14 @@ import pandas as pd
 from rich.console import Console
 
 from pi_lnfree import tables as tb
+from pi_lnfree.files import atomic_write, write_json, write_text
 from pi_lnfree.progress import console
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """`df` as CSV (no index column), written atomically."""
+    with atomic_write(path) as f:
+        df.to_csv(f, index=False)
 
 
 def slug(text: str) -> str:
@@ -99,7 +105,7 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
 
     slopes = [(n, d) for n, d in dyn if d["slopes"]]
     write("slope dynamics", slopes, "no run with learnable slopes", lambda: plots.slope_dynamics_figure(
-        [(n, d["slope_steps"], d["slopes"], _slope_labels(d)) for n, d in slopes],
+        [(n, d["slope_steps"], d["slopes"], plots.slope_legend(d)) for n, d in slopes],
         folder / f"slope-dynamics-{s}.png", f"Learnable leaky-ReLU slopes during training, {fam}"))
 
     for piece, kind, what in (("secure", "operator costs", "measured by secure-eval"),
@@ -116,12 +122,6 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
     return out
 
 
-def _slope_labels(dyn: dict) -> list[str]:
-    n = len(dyn["slopes"][0])
-    labels = dyn.get("slope_labels")
-    return list(labels) if labels and len(labels) == n else [f"slope {k}" for k in range(n)]
-
-
 # ---------------------------------------------------------------------------------------------
 # report.md
 
@@ -136,9 +136,7 @@ def _settings_lines(opts, runs: list) -> list[str]:
         f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
         "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
         "(protocols/networks.toml)")
-    from pi_lnfree.report import cost_seq_len
-
-    lens = ", ".join(str(t) for t in sorted({cost_seq_len(r, opts) for r in runs}))
+    lens = ", ".join(str(t) for t in sorted({opts.cost_length(r.config) for r in runs}))
     cost = "skipped" if opts.cost_seq_len == 0 else (
         f"`{proto}` calibration, T={lens}" + (" (the model context)" if opts.cost_seq_len is None else "")
         + "; seconds estimated from the calibration machine's local compute")
@@ -160,7 +158,7 @@ def _share_markdown(long: pd.DataFrame, piece: str) -> str:
 
 def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, command: str, out: Path) -> str:
     """The report.md text."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# pi-lnfree report", "", f"Generated {when} by `{command}` from {len(runs)} run dir(s).", "",
              "## Settings", "", *_settings_lines(opts, runs), ""]
     families = tb.group_families(runs)
@@ -208,7 +206,7 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
         fam_tables[fam] = family_tables(members)
         for kind, df in fam_tables[fam].items():
             path = out / "tables" / f"{kind}-{slug(fam)}.csv"
-            df.to_csv(path, index=False)
+            write_csv(path, df)
             files.append(str(path))
             records[f"{kind}-{slug(fam)}"] = tb.to_records(df)
         fam_figures[fam] = family_figures(fam, members, tb.configuration_names(members), out / "figures")
@@ -217,8 +215,8 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
             table = tb.to_rich(fam_tables[fam]["main"].rename(columns=tb.SHORT_NAMES), members[0].family_title)
             wide = console if console.is_terminal else Console(stderr=True, width=160)  # logs: don't squeeze
             wide.print(table)
-    run_rows(families, fam_tables).to_csv(out / "report.csv", index=False)
-    (out / "report.md").write_text(render_markdown(runs, fam_tables, fam_figures, opts, command, out), encoding="utf-8")
+    write_csv(out / "report.csv", run_rows(families, fam_tables))
+    write_text(out / "report.md", render_markdown(runs, fam_tables, fam_figures, opts, command, out))
     summary = {
         "out": str(out),
         "report": str(out / "report.md"),
@@ -228,7 +226,7 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
         "tables": records,
         "missing": {str(r.run_dir): dict(r.missing) for r in runs},
     }
-    (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "report.json", summary)
     return summary
 
 
@@ -245,6 +243,6 @@ def write_cost_tables(groups: list[list], md_path: Path, csv_path: Path, header:
                   "Share of bytes / WAN latency per operator (%):", "", _share_markdown(ops, "cost"), ""]
         frames.append(cost.assign(family=runs[0].family))
     table = pd.concat(frames, ignore_index=True)
-    Path(md_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    table.to_csv(csv_path, index=False)
+    write_text(md_path, "\n".join(lines) + "\n")
+    write_csv(csv_path, table)
     return table

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from pi_lnfree.files import write_text
 from pi_lnfree.progress import console
 
 
@@ -54,9 +54,7 @@ class MetricsLog:
             if isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step:
                 kept.append(line)
                 self.latest.update({k: rec[k] for k in ("loss", "eval_loss", "eval_ppl") if k in rec})
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (must hold step and tokens) and flush it to disk."""

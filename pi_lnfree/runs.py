@@ -13,14 +13,15 @@ from typing import Any
 from pi_lnfree.checkpoint import load_checkpoint
 from pi_lnfree.errors import UserError
 from pi_lnfree.recipe import Layer, TrainConfig, load_recipe, load_toml
+from pi_lnfree.resources import recipe_file
 from pi_lnfree.train import run_training
 
 
 def recipe_for_run(recipe_path: str | Path | None, sets: list[str], run_dir: Path, resume: bool) -> TrainConfig:
-    """The recipe of a run: from --recipe and --set, or, on --resume without --recipe, the one
-    stored in the run's checkpoint."""
+    """The recipe of a run: from --recipe (a path or a shipped name) and --set, or, on --resume
+    without --recipe, the one stored in the run's checkpoint."""
     if recipe_path is not None:
-        return load_recipe(str(recipe_path), sets)
+        return load_recipe(str(recipe_file(recipe_path)), sets)
     ckpt = Path(run_dir) / "ckpt.pt"
     if not resume or not ckpt.exists():
         raise UserError("--recipe is required (it may be left out only with --resume of a run that has ckpt.pt)")
@@ -30,14 +31,16 @@ def recipe_for_run(recipe_path: str | Path | None, sets: list[str], run_dir: Pat
 
 
 def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, Layer]]]:
-    """A matrix file -> (its recipe path or None, [(run name, the run's own keys as a recipe Layer)]).
+    """A matrix file (a path or a shipped name) -> (its recipe path or None, [(run name, the run's
+    own keys as a recipe Layer)]).
 
     Format: optional `recipe = "cpu.toml"` (relative to the matrix file), `variants = [...]` (one
     run per variant, named after it) and optional `[runs.NAME]` tables of recipe keys, e.g.
     `[runs.hybrid]` with `model = { variant = "sm-hybrid:relu,gelu" }` (a relative path among them
-    is relative to the matrix file). The keys are type-checked when the recipe is resolved.
+    is relative to the current directory, like every recipe path). The keys are type-checked when
+    the recipe is resolved.
     """
-    path = Path(path)
+    path = recipe_file(path, "matrix file")
     doc = load_toml(str(path), what="matrix file")
     unknown = sorted(set(doc) - {"recipe", "variants", "runs"})
     if unknown:
@@ -55,7 +58,7 @@ def load_matrix(path: str | Path) -> tuple[Path | None, list[tuple[str, Layer]]]
         for sec, keys in body.items():
             if not isinstance(keys, dict):
                 raise UserError(f"{path}: runs.{name}.{sec} must be a table (e.g. model = {{ variant = \"sm-r\" }})")
-        runs.append((name, (f"{path}: runs.{name}", body, str(path.parent.resolve()))))
+        runs.append((name, (f"{path}: runs.{name}", body, None)))
     if not runs:
         raise UserError(f"{path}: the matrix lists no variants or runs")
     names = [n for n, _ in runs]
@@ -77,6 +80,7 @@ def train_command(recipe: Path | None, sets: list[str], out: Path, resume: bool 
         recipe = recipe or matrix_recipe
         if recipe is None:
             raise UserError("--matrix: give --recipe or name one in the matrix file (recipe = \"...\")")
+        recipe = recipe_file(recipe)
         plans = [(Path(out) / name, load_recipe(str(recipe), sets, extra=[keys])) for name, keys in runs]
     else:
         plans = [(Path(out), recipe_for_run(recipe, sets, Path(out), resume))]

@@ -14,7 +14,8 @@ DECAYS = ("linear", "cosine", "constant")  # after warmup
 
 
 class LRSchedule:
-    """lr as a pure function of the step; the state is just the next step to take."""
+    """lr as a pure function of the step. It holds no state: the trainer's step counter (saved
+    in every checkpoint) and the recipe (checked on `--resume`) determine every rate."""
 
     def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "linear",
                  min_lr_frac: float = 0.0):
@@ -23,7 +24,6 @@ class LRSchedule:
         self.lr, self.total, self.decay = lr, max(1, total_steps), decay
         self.warmup = min(max(0, warmup_steps), self.total - 1)
         self.min_lr = lr * min_lr_frac
-        self.step = 0
 
     @classmethod
     def from_recipe(cls, recipe, total_steps: int) -> LRSchedule:
@@ -45,10 +45,3 @@ class LRSchedule:
         else:
             factor = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.min_lr + (self.lr - self.min_lr) * factor
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "total": self.total, "warmup": self.warmup,
-                "decay": self.decay, "min_lr": self.min_lr}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])

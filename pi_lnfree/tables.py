@@ -311,6 +311,27 @@ def to_rich(df: pd.DataFrame, title: str):
     return table
 
 
+def entropy_table(result: dict[str, Any]):
+    """A rich Table of a `diagnostics.entropy_checkpoint` result, one row per layer: mean, min
+    and max headwise entropy and the share of heads in each band of Emax (`pi-lnfree entropy`)."""
+    from rich.table import Table
+
+    bands = list(result["bands"])  # the band names, lowest first
+    table = Table(title=f"headwise entropy (nats), {result.get('label', '')}: Emax {result['emax']:.3f}, "
+                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax")
+    table.add_column("layer", justify="right")
+    for name in ("mean", "min", "max"):
+        table.add_column(name, justify="right")
+    for key in bands:
+        table.add_column(f"{key}%", justify="right")
+    for i, (row, shares) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
+        stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
+        table.add_row(str(i), *stats, *(f"{shares[k]:.0%}" for k in bands))
+    table.add_row("all", f"{np.mean(result['entropy']):.3f}", f"{np.min(result['entropy']):.3f}",
+                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in bands), end_section=True)
+    return table
+
+
 def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-ready records (NaN -> None)."""
     out = []

@@ -10,8 +10,9 @@ eval_interval steps (best.pt when the eval loss improves), headwise entropy and 
 entropy_interval steps (and at step 0) on a fixed validation batch, a checkpoint every
 ckpt_interval steps; eval, entropy and checkpoint always happen at the last step.
 A non-finite loss or gradient skips the step; max_nonfinite of them in a row stop the run with
-the last good checkpoint kept. `--resume` restores model, optimizer, schedule, sampler and RNG
-state: on CPU a resumed run ends bit-identical to an uninterrupted one.
+the last good checkpoint kept. `--resume` restores model, optimizer, step counters (the learning
+rate is a function of the step), sampler and RNG state: on CPU a resumed run ends bit-identical
+to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pi_lnfree.checkpoint import (
 )
 from pi_lnfree.config import variant_label, variant_name
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_text
 from pi_lnfree.ln_removal import RemovalSchedule, apply_schedule, check_removable, fold_frozen_norms
 from pi_lnfree.model import GPT, param_groups
 from pi_lnfree.objective import PART_KEYS, Objective, run_label
@@ -109,7 +111,8 @@ class Trainer:
     """One run: model, optimizer, schedule, sampler, counters and the run dir they live in."""
 
     def __init__(self, recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool):
-        from pi_lnfree.data import RandomChunkSampler, load_data_folder
+        from pi_lnfree.batches import RandomChunkSampler
+        from pi_lnfree.data import load_data_folder
 
         self.recipe, self.run_dir, self.rt = recipe, Path(run_dir), rt
         t = recipe.section("train")
@@ -192,7 +195,6 @@ class Trainer:
         if not self.folded:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.objective.load_state_dict(state, str(path))
-        self.schedule.load_state_dict(state["schedule"])
         self.sampler.load_state_dict(state["sampler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -206,7 +208,6 @@ class Trainer:
             "step": self.c.step,
             "tokens": self.c.tokens,
             "total_steps": self.total_steps,
-            "schedule": self.schedule.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -243,7 +244,7 @@ class Trainer:
     def step(self) -> tuple[float, float, bool, dict[str, float]]:
         """One optimizer step over grad_accum micro-batches -> (CE loss, grad norm, applied, parts),
         parts: the objective's other terms (`pi_lnfree.objective`), means over the micro-batches."""
-        from pi_lnfree.data import to_device
+        from pi_lnfree.batches import to_device
 
         rt, t = self.rt, self.t
         if self.removal is not None:
@@ -295,7 +296,6 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.schedule.step = self.c.step + 1
         return loss_v, gnorm_v, finite, parts_v
 
     def _has_part(self, key: str) -> bool:
@@ -384,7 +384,7 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     tr = Trainer(recipe, run_dir, rt, resume)
     t, c = tr.t, tr.c
     if rt.is_main:
-        (run_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+        write_text(run_dir / "recipe.toml", recipe.to_toml())
         for stale in run_dir.glob(".*.pt.*.tmp"):  # left by a kill during a save
             stale.unlink()
     keep = c.step if tr.resumed else -1  # a fresh start drops the history of a run killed before its first save

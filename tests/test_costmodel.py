@@ -9,13 +9,13 @@ file, must give the measured rounds exactly and the measured bytes within 1%.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from pi_lnfree.cli import main
 from pi_lnfree.config import make_config
 from pi_lnfree.errors import UserError
+from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure import costmodel
 from pi_lnfree.secure.calibrate import design, fit, measure
 from pi_lnfree.secure.costmodel import (
@@ -30,9 +30,8 @@ from pi_lnfree.secure.costmodel import (
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_networks, load_profile
 
-ROOT = Path(__file__).resolve().parents[1]
-TFP = ROOT / "protocols" / "crypten-2pc-tfp.toml"
-TTP = ROOT / "protocols" / "crypten-2pc-ttp.toml"
+TFP = protocol_file("crypten-2pc-tfp")
+TTP = protocol_file("crypten-2pc-ttp")
 SEQ_LENS = (8, 20)  # different max schedules: 8 -> 4 -> 2 (all-pairs over 2); 20 -> 10 -> 5 (over 5)
 
 

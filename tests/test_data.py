@@ -20,15 +20,9 @@ import pytest
 import torch
 
 from pi_lnfree import cli
+from pi_lnfree.batches import RandomChunkSampler, iter_valid_batches, to_device
 from pi_lnfree.corpus import list_files, stdlib_root
-from pi_lnfree.data import (
-    RandomChunkSampler,
-    dtype_for_vocab,
-    iter_valid_batches,
-    load_data_folder,
-    prepare,
-    to_device,
-)
+from pi_lnfree.data import dtype_for_vocab, load_data_folder, prepare
 from pi_lnfree.errors import UserError
 
 

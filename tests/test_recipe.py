@@ -39,9 +39,10 @@ def cli_error(capsys, args: list[str]) -> str:
 def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
     recipe = tmp_path / "r" / "x.toml"
     recipe.parent.mkdir()
-    recipe.write_text('[data]\ndir = "../d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
+    recipe.write_text('[data]\ndir = "d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
+    monkeypatch.chdir(tmp_path)
     cfg = load_recipe(str(recipe))
-    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the recipe file
+    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the current directory, not to the recipe
     assert cfg["train.max_steps"] == 7 and cfg["train.batch_size"] == 32  # defaults filled in
     assert cfg.train.max_steps == 7 and cfg.model.activation == "relu" and cfg.model.n_layer is None
     monkeypatch.chdir(tmp_path / "r")

@@ -13,9 +13,9 @@ import pytest
 
 from pi_lnfree import tables as tb
 from pi_lnfree.report import ReportOptions, gather_piece, make_report, open_run
+from pi_lnfree.resources import protocol_file, recipe_file
 
-REPO = Path(__file__).resolve().parents[1]
-TFP = REPO / "protocols" / "crypten-2pc-tfp.toml"
+TFP = protocol_file("crypten-2pc-tfp")
 VARIANTS = ("sm-ln-g", "sm-lrelu-layer")  # the baseline, and a run with learnable slopes (slope figure)
 
 
@@ -36,7 +36,7 @@ def run_dirs(tmp_path_factory, data_dir) -> list[Path]:
             "train.progress=false"]
     out = []
     for v in VARIANTS:
-        train_command(REPO / "training" / "tiny.toml", [*sets, f"model.variant={v}"], root / v)
+        train_command(recipe_file("tiny"), [*sets, f"model.variant={v}"], root / v)
         out.append(root / v)
     return out
 

@@ -22,6 +22,7 @@ from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.config import make_config
 from pi_lnfree.data import load_data_folder
 from pi_lnfree.model import GPT
+from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure.evaluate import PROGRAM
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.parties import PartyFailure, PartyJob, free_port, launch_local
@@ -29,8 +30,8 @@ from pi_lnfree.secure.profile import load_profile
 from pi_lnfree.secure.structure import NotSupportedUnderMPC
 
 ROOT = Path(__file__).resolve().parents[1]
-TTP = str(ROOT / "protocols" / "crypten-2pc-ttp.toml")
-TFP = str(ROOT / "protocols" / "crypten-2pc-tfp.toml")
+TTP = str(protocol_file("crypten-2pc-ttp"))
+TFP = str(protocol_file("crypten-2pc-tfp"))
 T = 32
 
 

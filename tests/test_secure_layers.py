@@ -30,7 +30,7 @@ from pi_lnfree.model import GPT, RotaryCache
 from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
 from pi_lnfree.secure.profile import load_profile
 
-PROFILE = "protocols/crypten-2pc-tfp.toml"
+PROFILE = "crypten-2pc-tfp"  # a shipped profile's name
 
 
 # Collapsed attention: every query scores +SCORE on the key of token 3 and 0 on every other key.

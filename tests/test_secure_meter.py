@@ -3,11 +3,10 @@ protocol and network profile loading. Pure Python: no parties are started here."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.resources import PROTOCOLS, shipped_dir
 from pi_lnfree.secure.meter import (
     CATEGORIES,
     Meter,
@@ -18,8 +17,6 @@ from pi_lnfree.secure.meter import (
     total_of,
 )
 from pi_lnfree.secure.profile import Network, load_networks, load_profile
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeComm:
@@ -107,7 +104,7 @@ def test_network_estimate_by_hand():
 
 def test_shipped_profiles_and_networks_load():
     names = {}
-    for path in sorted((ROOT / "protocols").glob("crypten-*.toml")):
+    for path in sorted(shipped_dir(PROTOCOLS).glob("crypten-*.toml")):
         p = load_profile(path)
         names[p.name] = p
         assert path.name == f"{p.name}.toml"

@@ -19,14 +19,15 @@ from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
 from pi_lnfree.errors import UserError
 from pi_lnfree.recipe import load_recipe
+from pi_lnfree.resources import recipe_file
 from pi_lnfree.runs import load_matrix, train_command
 from pi_lnfree.runtime import setup_runtime
 from pi_lnfree.schedule import LRSchedule
 from pi_lnfree.train import Trainer, TrainingStopped
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "training" / "tiny.toml"
-MATRIX = ROOT / "training" / "paper-variants.toml"
+TINY = recipe_file("tiny")
+MATRIX = recipe_file("paper-variants")
 
 
 def records(run_dir: Path, key: str) -> list[dict]:
@@ -101,7 +102,8 @@ def test_first_logged_loss_is_float64_cross_entropy_of_the_first_batch(data_dir,
     initial weights in float64, inputs chunk[:, :-1] and targets chunk[:, 1:]."""
     import torch.nn.functional as F
 
-    from pi_lnfree.data import RandomChunkSampler, load_data_folder
+    from pi_lnfree.batches import RandomChunkSampler
+    from pi_lnfree.data import load_data_folder
     from pi_lnfree.model import GPT
 
     run = tmp_path / "one"
@@ -142,8 +144,8 @@ def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
 
 
 def test_matrix_files_parse(tmp_path):
-    recipe, runs = load_matrix(ROOT / "training" / "hybrid-variants.toml")
-    assert recipe == ROOT / "training" / "cpu.toml"
+    recipe, runs = load_matrix("hybrid-variants")  # a shipped matrix, by name
+    assert recipe == recipe_file("cpu")
     assert [(name, doc) for name, (_, doc, _) in runs] == [
         ("sm-g", {"model": {"variant": "sm-g"}}), ("sm-r", {"model": {"variant": "sm-r"}}),
         ("sm-relu-then-gelu", {"model": {"variant": "sm-hybrid:relu,gelu"}}),
@@ -225,8 +227,10 @@ def test_resume_is_bit_exact_after_sigkill(data_dir, tmp_path):
     print(f"killed after step {killed_at}, during a save: {during_save}")
 
 
-def test_recipe_prepares_missing_data_from_its_source(tmp_path):
+def test_recipe_prepares_missing_data_from_its_source(tmp_path, monkeypatch):
     import sysconfig
+
+    monkeypatch.chdir(tmp_path)  # the recipe's relative data.dir is under the current directory
 
     email = Path(sysconfig.get_paths()["stdlib"]) / "email"
     recipe = tmp_path / "r.toml"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +313,7 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     cal = fit(profile, items, measured)
     cal.meta = {
         "profile": profile.name,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count() or 1} CPUs",
         "crypten": version("crypten"),
         "torch": version("torch"),

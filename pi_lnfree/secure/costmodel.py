@@ -41,6 +41,8 @@ import numpy as np
 
 from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import write_json
+from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure.backends.recorder import Call, RecorderOps, Shape
 from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
@@ -232,8 +234,9 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
 
 
 def calibration_path(profile_path: str | Path) -> Path:
-    """Where the calibration of a profile lives: next to it, `<stem>.calibration.json`."""
-    p = Path(profile_path)
+    """Where the calibration of a profile (a path or a shipped name) lives: next to it,
+    `<stem>.calibration.json`."""
+    p = protocol_file(profile_path)
     return p.with_name(p.stem + ".calibration.json")
 
 
@@ -283,10 +286,7 @@ class Calibration:
         }
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        path = write_json(path, self.to_dict(), indent=1, sort_keys=True)
         self.path = str(path)
 
     @classmethod
@@ -416,8 +416,7 @@ def resolve_config(
     if checkpoint is not None:
         if preset is not None or variant is not None or vocab_size is not None:
             raise UserError("give either a checkpoint or --preset/--variant/--vocab-size, not both")
-        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
-        from pi_lnfree.diagnostics import resolve_checkpoint
+        from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)  # a ckpt.pt, or a run dir holding one
         cfg = config_from_checkpoint(load_checkpoint(path), path)

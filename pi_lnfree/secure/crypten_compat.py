@@ -16,7 +16,9 @@ CrypTen 0.4.1 (archived upstream) predates torch 2.x:
   just above a negative integer -k (within k units of 2^-16) decodes 1.0 too low: -3.99997 comes
   out as -4.99997. `get_plain_text` opens and decodes with a plain division instead.
 
-Everything else in `pi_lnfree.secure` reaches CrypTen through `get_crypten()`.
+Everything else in `pi_lnfree.secure` reaches CrypTen through `get_crypten()`. CrypTen is not a
+declared dependency of the package (its published metadata pins packages that cannot install);
+`require_crypten()` turns its absence into a one-line `UserError` that says how to install it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,27 @@ import types
 from datetime import timedelta
 from typing import Any
 
+from pi_lnfree.errors import UserError
+
 _DEALER = {"bytes": 0, "rounds": 0}
+INSTALL_HINT = (
+    "CrypTen is not installed: run `pip install --no-deps crypten==0.4.1` in this environment "
+    "(what `make install` does; --no-deps because its published metadata pins packages that cannot "
+    "install, and its real needs omegaconf, onnx and pyyaml come with pi-lnfree)"
+)
+
+
+def require_crypten() -> None:
+    """Raise `UserError(INSTALL_HINT)` when the `crypten` package cannot be imported here (it is
+    looked up, not imported: the secure commands check this before starting any party)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("crypten") is not None
+    except (ImportError, ValueError):  # a broken or blocked entry in sys.modules
+        found = False
+    if not found:
+        raise UserError(INSTALL_HINT)
 
 
 def _install_import_shim() -> None:
@@ -44,11 +66,19 @@ def _install_import_shim() -> None:
 
 
 def get_crypten():
-    """The `crypten` module, imported once with the torch>=2 shim installed."""
+    """The `crypten` module, imported once with the torch>=2 shim installed (`UserError` with
+    install instructions when it is missing)."""
     if "crypten" not in sys.modules:
         _install_import_shim()
-    import crypten
-
+    try:
+        import crypten
+    except ModuleNotFoundError as e:
+        if e.name != "crypten":
+            raise
+        raise UserError(INSTALL_HINT) from None
+    except ImportError:  # `import crypten` blocked (None in sys.modules)
+        require_crypten()
+        raise
     return crypten
 
 
@@ -69,7 +99,9 @@ def configure(profile: Any, device: str = "cpu") -> None:
     install_fast_matmul(bool(profile.fast_matmul) and str(device).startswith("cpu"))
 
 
-# >>> fast-matmul patch point (owned by the fast-matmul helper, issue 7) >>>
+# ---------------------------------------------------------------------------------------------
+# the exact fast int64 matmul (pi_lnfree.secure.fast_matmul)
+#
 # CrypTen performs every int64 ring product of a matmul as `getattr(torch, op)(x, y)` (or
 # `torch.matmul`) through the global name `torch` of these modules: the three correction terms
 # of the Beaver protocol (beaver), products with public operands (arithmetic), the 3-party
@@ -107,7 +139,6 @@ def install_fast_matmul(enabled: bool, *, force: bool = False) -> bool:
 
     import torch
 
-    from pi_lnfree.errors import UserError
     from pi_lnfree.secure import fast_matmul
 
     mode = "stock"
@@ -121,9 +152,6 @@ def install_fast_matmul(enabled: bool, *, force: bool = False) -> bool:
     for name in _FAST_MATMUL_MODULES:
         importlib.import_module(name).torch = replacement
     return use_limbs
-
-
-# <<< fast-matmul patch point <<<
 
 
 def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, master_port: int) -> None:

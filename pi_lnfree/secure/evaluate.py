@@ -280,8 +280,7 @@ def secure_eval(
 
 
 def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, on_start, on_audit, t0):
-    from pi_lnfree.checkpoint import load_model
-    from pi_lnfree.diagnostics import resolve_checkpoint
+    from pi_lnfree.checkpoint import load_model, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     plain_model, _ = load_model(checkpoint, "cpu")
@@ -320,7 +319,7 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
     if master_port is None:
         raise UserError("--master-port is required with --rank")
     if rank == SERVER:
-        from pi_lnfree.diagnostics import resolve_checkpoint
+        from pi_lnfree.checkpoint import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(checkpoint)
     job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,

@@ -197,8 +197,8 @@ _PAYS_OFF: dict[float, bool] = {}
 def limbs_pay_off(min_speedup: float = 1.2) -> bool:
     """Whether the limb path beats torch's int64 matmul on this machine (measured once, cached).
 
-    Takes about a tenth of a second the first time.  The decision is only about speed: both
-    paths give identical results.
+    The first call times one small product each way (`measure_speedup`). The decision is only
+    about speed: both paths give identical results.
     """
     if min_speedup not in _PAYS_OFF:
         _PAYS_OFF[min_speedup] = measure_speedup()["speedup"] >= min_speedup

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.files import atomic_write
 from pi_lnfree.secure.roles import DEALER, party_label
 
 _CHILD_CMD = ["-m", "pi_lnfree.secure.parties"]
@@ -138,10 +139,8 @@ def _child_main(job_file: str, result_file: str) -> int:
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         message, code = {"kind": "error", "value": f"{party_label(job.rank)} crashed: {e!r}"}, 1
         traceback.print_exc()
-    tmp = result_file + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(result_file, "wb") as f:
         pickle.dump(message, f)
-    os.replace(tmp, result_file)
     return code
 
 

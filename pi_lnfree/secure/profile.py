@@ -1,5 +1,7 @@
 """Protocol profiles (`protocols/*.toml`) and network profiles (`protocols/networks.toml`).
 
+Both ship inside the package (`pi_lnfree/protocols/`) and are named by path or by shipped name.
+
 A protocol profile says how to run securely: engine, triple provider, fixed-point precision and
 the approximation knobs of every nonlinearity. A network profile says how fast the link between
 the parties is; the meter turns measured costs into LAN/WAN latency with it.
@@ -12,7 +14,7 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
     engine = "crypten"          # the only engine today
     provider = "TTP"            # TTP (dealer process) or TFP (benchmark only)
     precision_bits = 16         # fixed-point fractional bits on int64 shares
-    fast_matmul = true          # exact float64-limb int64 matmul on CPU (issue 7)
+    fast_matmul = true          # exact float64-limb int64 matmul on CPU (`fast_matmul`)
 
     [approximations]
     gelu = "tanh"               # erf-GELU computed via: "erf" | "tanh" | "sigmoid"
@@ -30,13 +32,13 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from pi_lnfree.errors import UserError
+from pi_lnfree.resources import networks_file, protocol_file
 
 PROVIDERS = ("TTP", "TFP")
 GELU_METHODS = ("erf", "tanh", "sigmoid")
@@ -165,8 +167,9 @@ def profile_from_dict(data: dict[str, Any], path: str | None = None) -> Protocol
 
 
 def load_profile(path: str | Path) -> ProtocolProfile:
-    """Read a protocol profile TOML file (raises `UserError` on any problem)."""
-    path = Path(path)
+    """Read a protocol profile: a TOML file, or the name of a shipped one such as
+    `crypten-2pc-ttp` (`pi_lnfree.resources`). Raises `UserError` on any problem."""
+    path = protocol_file(path)
     return profile_from_dict(_read_toml(path), str(path))
 
 
@@ -184,13 +187,10 @@ class Network:
         return compute_s + rounds * self.rtt_ms / 1000.0 + nbytes * 8.0 / self.bandwidth_bits_per_s
 
 
-DEFAULT_NETWORKS_FILE = Path(__file__).resolve().parents[2] / "protocols" / "networks.toml"
-
-
 def load_networks(path: str | Path | None = None) -> dict[str, Network]:
-    """Network profiles by name (default: `protocols/networks.toml`). Each table has
+    """Network profiles by name (default: the shipped `protocols/networks.toml`). Each table has
     `bandwidth_bits_per_s`, `rtt_ms` and an optional `description`."""
-    path = Path(path) if path is not None else DEFAULT_NETWORKS_FILE
+    path = networks_file(path)
     data = _read_toml(path)
     out: dict[str, Network] = {}
     for name, body in data.items():
