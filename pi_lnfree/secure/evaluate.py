@@ -47,7 +47,7 @@ from pi_lnfree.secure.meter import (
     total_of,
 )
 from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, check_supported, share_tokens, share_weights
-from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks, run_party
+from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks
 from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
 
 DEFAULT_SEQ_LEN = 32
@@ -314,7 +314,8 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
     job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,
                    master_port=int(master_port), device=device, threads=os.cpu_count() or 1,
                    checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec)
-    value = run_party(job)
+    # A child process, like the local parties: its own deadlines and torch's C++ log level apply.
+    value = launch_local([job], timeout_s)[rank]
     if rank != CLIENT:
         return {"rank": rank, "role": value["role"], "status": "done", "protocol": profile.to_dict(),
                 "wall_seconds": time.perf_counter() - t0}
