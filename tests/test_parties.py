@@ -196,7 +196,8 @@ def test_cli_server_alone_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "server (rank 1) failed: connecting to the parties" in lines[0]
     assert not any(noise in proc.stderr for noise in NATIVE_NOISE)
-    # Before: 2 x timeout + a retry delay after start-up. Now: start-up + timeout.
+    # A loose bound (start-up dominates on a busy machine); the waiting itself is measured
+    # precisely from the party's own mark in the tests above.
     assert elapsed < STARTUP_S + timeout
 
 
