@@ -298,8 +298,7 @@ def audit(
     headroom; an input outside its range is reported with the setting that would fix it.
     Exit codes: 0 every input in range; 2 bad input; 3 some input outside its valid range.
     """
-    from pi_lnfree.checkpoint import load_model
-    from pi_lnfree.diagnostics import resolve_checkpoint
+    from pi_lnfree.checkpoint import load_model, resolve_checkpoint
     from pi_lnfree.secure.audit import audit as run_audit
     from pi_lnfree.secure.evaluate import make_tokens
     from pi_lnfree.secure.profile import load_profile

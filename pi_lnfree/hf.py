@@ -16,10 +16,9 @@ import torch
 
 from pi_lnfree.config import ModelConfig, variant_label, variant_name
 from pi_lnfree.errors import UserError
+from pi_lnfree.hf_fields import HF_ACTIVATIONS, HF_LEAKY_SLOPE, neox_rope, refuse
+from pi_lnfree.hf_fields import check as check_fields
 from pi_lnfree.model import GPT
-
-# HF activation names (GPT-2's activation_function, GPT-NeoX's hidden_act) -> ours.
-_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 def _transformers():
@@ -30,25 +29,20 @@ def _transformers():
     return transformers
 
 
-def _ffn_mult(ffn: int | None, d: int) -> int:
+def _ffn_mult(family: str, field: str, ffn: int | None, d: int) -> int:
+    """The FFN width as an integer multiple of the model width (ModelConfig.ffn_mult)."""
     ffn = ffn or 4 * d
     if ffn % d:
-        raise UserError(f"FFN width {ffn} is not a multiple of the model width {d}")
+        raise refuse(family, field, repr(ffn), f"an FFN width that is not a whole multiple of the model width {d}")
     return ffn // d
 
 
-def _activation(name: str) -> str:
-    if name not in _HF_ACT:
-        raise UserError(f"Hugging Face activation {name!r} has no pi-lnfree counterpart")
-    return _HF_ACT[name]
-
-
-def _neox_rope(hf_cfg: Any) -> tuple[float, float]:
-    """(partial rotary fraction, base) from either the transformers>=5 or the older config layout."""
-    rope = getattr(hf_cfg, "rope_parameters", None) or {}
-    pct = rope.get("partial_rotary_factor", getattr(hf_cfg, "rotary_pct", 0.25))
-    base = rope.get("rope_theta", getattr(hf_cfg, "rotary_emb_base", 10000.0))
-    return float(pct), float(base)
+def _activation(family: str, field: str, name: str) -> dict[str, Any]:
+    """ModelConfig fields for an HF activation name (see `hf_fields.HF_ACTIVATIONS`)."""
+    if name not in HF_ACTIVATIONS:
+        raise refuse(family, field, repr(name), "an activation with no pi-lnfree counterpart")
+    ours = HF_ACTIVATIONS[name]
+    return {"activation": ours, "leaky_slope": HF_LEAKY_SLOPE} if ours == "leaky_relu" else {"activation": ours}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,14 +50,13 @@ def _neox_rope(hf_cfg: Any) -> tuple[float, float]:
 
 
 def _gpt2_config(c: Any) -> ModelConfig:
-    if getattr(c, "scale_attn_by_inverse_layer_idx", False) or not getattr(c, "scale_attn_weights", True):
-        raise UserError("GPT-2 attention-scaling variants are not supported")
+    check_fields("gpt2", c)
     return ModelConfig(
         vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
         block_size=c.n_positions, norm="layernorm", final_norm=True, norm_eps=c.layer_norm_epsilon,
-        activation=_activation(c.activation_function), residual="sequential",
+        **_activation("gpt2", "activation_function", c.activation_function), residual="sequential",
         position="learned", tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)), bias=True,
-        ffn_mult=_ffn_mult(c.n_inner, c.n_embd), init_std=c.initializer_range,
+        ffn_mult=_ffn_mult("gpt2", "n_inner", c.n_inner, c.n_embd), init_std=c.initializer_range,
     )
 
 
@@ -82,20 +75,20 @@ def _gpt2_pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
 
 
 def _neox_config(c: Any) -> ModelConfig:
-    pct, base = _neox_rope(c)
+    check_fields("gpt_neox", c)
+    rope = neox_rope(c)
     head_dim = c.hidden_size // c.num_attention_heads
-    if int(head_dim * pct) % 2:
-        raise UserError(f"rotary dims {int(head_dim * pct)} per head must be even")
-    if not getattr(c, "attention_bias", True):
-        # GPT-NeoX keeps MLP biases without attention biases; our `bias` switch covers all layers.
-        raise UserError("GPT-NeoX with attention_bias=false (MLP biases only) is not supported")
+    if int(head_dim * rope["pct"]) % 2:
+        # transformers would rotate an odd number of dims with one cos/sin column too many.
+        raise refuse("gpt_neox", "rope_parameters.partial_rotary_factor", repr(rope["pct"]),
+                     f"an odd number of rotary dims ({int(head_dim * rope['pct'])} of {head_dim} per head)")
     return ModelConfig(
         vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
         n_embd=c.hidden_size, block_size=c.max_position_embeddings, norm="layernorm", final_norm=True,
-        norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act),
+        norm_eps=c.layer_norm_eps, **_activation("gpt_neox", "hidden_act", c.hidden_act),
         residual="parallel" if c.use_parallel_residual else "sequential", position="rotary",
-        rotary_pct=pct, rotary_base=base, tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-        bias=True, ffn_mult=_ffn_mult(c.intermediate_size, c.hidden_size),
+        rotary_pct=rope["pct"], rotary_base=rope["base"], tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        bias=True, ffn_mult=_ffn_mult("gpt_neox", "intermediate_size", c.intermediate_size, c.hidden_size),
         init_std=c.initializer_range,
     )
 
@@ -181,10 +174,16 @@ def load_hf_folder(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a saved Hugging Face model folder (no config.json)")
+    hf_logging = transformers.utils.logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr keeps to our own lines
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{path}: cannot load Hugging Face model: {' '.join(str(e).split())[:200]}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +197,9 @@ def _require(ok: bool, what: str) -> None:
 
 def to_hf(model: GPT) -> Any:
     """Our `GPT` -> a transformers model with the same weights, for configurations HF can express:
-    LayerNorm in every block and before the head, GELU (erf or tanh) or ReLU, biases on;
-    learned positions + sequential residual -> GPT-2; rotary positions -> GPT-NeoX."""
+    LayerNorm in every block and before the head, GELU (erf or tanh), ReLU or leaky ReLU with
+    torch's default slope 0.01 in every layer, biases on; learned positions + sequential residual
+    -> GPT-2; rotary positions -> GPT-NeoX. Raises UserError for any other configuration."""
     transformers = _transformers()
     cfg = model.config
     acts = set(cfg.layer_activations())
@@ -208,28 +208,35 @@ def to_hf(model: GPT) -> Any:
              "models, including the result of a LayerNorm removal, stay pi-lnfree checkpoints)")
     _require(not cfg.ln_removal, "a LayerNorm removal is in progress (frozen-scale norms)")
     _require(not cfg.head_bias, "the LM head has a bias")
-    _require(len(acts) == 1 and next(iter(acts)) in ("gelu", "gelu_tanh", "relu"), f"activation {sorted(acts)}")
+    _require(len(acts) == 1 and next(iter(acts)) in ("gelu", "gelu_tanh", "relu", "leaky_relu"),
+             f"activation {sorted(acts)}")
     _require(cfg.bias, "HF models need biases")
     act = next(iter(acts))
+    _require(act != "leaky_relu" or cfg.leaky_slope == HF_LEAKY_SLOPE,
+             f"leaky_relu with slope {cfg.leaky_slope} (HF's leaky_relu has slope {HF_LEAKY_SLOPE})")
     ours = model.state_dict()  # load_state_dict below copies the values
     if cfg.position == "learned":
         _require(cfg.residual == "sequential", "GPT-2 has a sequential residual")
         hf_cfg = transformers.GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, n_inner=cfg.ffn_dim, layer_norm_epsilon=cfg.norm_eps,
-            activation_function={"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[act],
+            activation_function={"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "leaky_relu": "leaky_relu"}[act],
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=cfg.tie_embeddings,
             initializer_range=cfg.init_std,
         )
         hf = transformers.GPT2LMHeadModel(hf_cfg)
     else:
+        # HF rotates int(head_dim * pct) dims, we round that down to an even count: hand HF the
+        # fraction that names our count exactly.
+        pct = cfg.rotary_dim / cfg.head_dim
+        _require(int(cfg.head_dim * pct) == cfg.rotary_dim, f"rotary dims {cfg.rotary_dim} of {cfg.head_dim}")
         hf_cfg = transformers.GPTNeoXConfig(
             vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
             num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn_dim,
-            hidden_act={"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}[act],
+            hidden_act={"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu", "leaky_relu": "leaky_relu"}[act],
             max_position_embeddings=cfg.block_size, layer_norm_eps=cfg.norm_eps,
             use_parallel_residual=cfg.residual == "parallel", tie_word_embeddings=cfg.tie_embeddings,
-            rotary_pct=cfg.rotary_pct, rotary_emb_base=cfg.rotary_base, attention_dropout=0.0,
+            rotary_pct=pct, rotary_emb_base=cfg.rotary_base, attention_dropout=0.0,
             hidden_dropout=0.0, initializer_range=cfg.init_std,
         )
         hf = transformers.GPTNeoXForCausalLM(hf_cfg)

@@ -93,7 +93,7 @@ def test_wheel_installs_and_runs_cost_and_secure_eval_from_anywhere(source_copy,
     away = tmp_path / "elsewhere"
     away.mkdir()
     cost = json.loads(_run([_script(python), *COST], cwd=away).stdout)
-    assert cost["predicted"] is True and cost["seq_len"] == 16 and cost["variant_name"] == "sm-r"
+    assert cost["predicted"] is True and cost["seq_len"] == 16 and cost["variant"] == "sm-r" and cost["label"] == "SM+R"
     assert Path(cost["protocol"]["path"]) == site / "protocols" / "crypten-2pc-ttp.toml"
     assert Path(cost["calibration"]["path"]) == site / "protocols" / "crypten-2pc-ttp.calibration.json"
 

@@ -7,7 +7,10 @@ CrypTen 0.4.1 (archived upstream) predates torch 2.x:
   the import is enough (`_install_import_shim`).
 * `torch.distributed` process groups default to a 30-minute timeout and CrypTen passes none; a
   party whose peer died or never connected would hang. `init_party` sets the default timeout of
-  the c10d module before CrypTen creates its groups.
+  the c10d module before CrypTen creates its groups. The phases that clock does not bound as a
+  whole (connecting, metadata exchanges) run under the process's `watchdog` when one is installed.
+* CrypTen's TTP dealer treats any communication error as the end of the session and returns
+  normally; `run_dealer` tells a dealer that party 0 released from one whose party 0 vanished.
 * With the TTP provider, party 0 asks the dealer for every triple through the same communicator
   that counts the parties' traffic; `init_party` wraps that request so the dealer's traffic is
   counted apart (`dealer_stats`) and never mixed into the two parties' online bytes.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -158,7 +162,8 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
     """Join the parties' process group (torch.distributed env rendezvous over gloo).
 
     `rank` is 0 (client), 1 (server) or `world_size` (the TTP dealer). Every blocking call of the
-    process group fails after `timeout_s` seconds instead of the 30-minute default.
+    process group fails after `timeout_s` seconds instead of the 30-minute default; the TCPStore
+    client's connect retries can take longer, which the caller's watchdog bounds.
     """
     import torch.distributed.distributed_c10d as c10d
 
@@ -174,8 +179,8 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
             "DISTRIBUTED_BACKEND": "gloo",
         }
     )
-    if rank >= world_size:
-        return  # the TTP dealer: `run_dealer` (CrypTen's TTPServer) initializes itself
+    # The dealer joins here too (CrypTen's TTPServer would otherwise connect inside its
+    # serving loop), so that connecting is one phase on every rank.
     crypten.init()
     if crypten.mpc.ttp_required() and rank == 0:
         _meter_dealer_requests()
@@ -183,9 +188,39 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
 
 def run_dealer() -> None:
     """Serve triples as the TTP dealer until party 0 says it is done (blocks; call after
-    `init_party` with the dealer's rank)."""
+    `init_party` with the dealer's rank).
+
+    CrypTen's `TTPServer` returns normally on any RuntimeError of its requests loop (a peer that
+    died, a receive that timed out); that error is re-raised here, and a loop that ended without
+    party 0's "terminate" raises ConnectionError.
+    """
     crypten = get_crypten()
-    crypten.mpc.provider.TTPServer()
+    communicator = crypten.communicator.get()
+    original = communicator.recv_obj
+    ended: dict[str, Any] = {"terminated": False, "error": None}
+
+    def recv_obj(*args, **kwargs):
+        try:
+            obj = original(*args, **kwargs)
+        except RuntimeError as e:
+            ended["error"] = e
+            raise
+        ended["terminated"] = isinstance(obj, str) and obj == "terminate"
+        return obj
+
+    communicator.recv_obj = recv_obj
+    try:
+        with warnings.catch_warnings():
+            # TTPServer calls crypten.init() again; `init_party` already did.
+            warnings.filterwarnings("ignore", message="CrypTen is already initialized")
+            crypten.mpc.provider.TTPServer()
+    finally:
+        communicator.recv_obj = original
+    if ended["terminated"]:
+        return
+    if ended["error"] is not None:
+        raise ended["error"]
+    raise ConnectionError("party 0 stopped requesting triples without ending the session")
 
 
 def shutdown() -> None:
@@ -302,6 +337,8 @@ def exchange_json(obj: Any, src: int) -> Any:
     import torch
     import torch.distributed as dist
 
+    from pi_lnfree.secure.watchdog import guarded
+
     comm = get_crypten().communicator.get()
     group = comm.main_group
     if comm.get_rank() == src:
@@ -309,10 +346,11 @@ def exchange_json(obj: Any, src: int) -> Any:
         size = torch.tensor([data.numel()], dtype=torch.long)
     else:
         size = torch.zeros(1, dtype=torch.long)
-    dist.broadcast(size, src, group=group)
-    if comm.get_rank() != src:
-        data = torch.empty(int(size.item()), dtype=torch.uint8)
-    dist.broadcast(data, src, group=group)
+    with guarded(f"a metadata exchange with its peer (sent by rank {src})"):
+        dist.broadcast(size, src, group=group)
+        if comm.get_rank() != src:
+            data = torch.empty(int(size.item()), dtype=torch.uint8)
+        dist.broadcast(data, src, group=group)
     return json.loads(data.numpy().tobytes().decode())
 
 

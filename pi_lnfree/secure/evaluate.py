@@ -39,7 +39,7 @@ from pi_lnfree.errors import UserError
 from pi_lnfree.secure import crypten_compat
 from pi_lnfree.secure.backends.crypten_ops import CryptenOps
 from pi_lnfree.secure.meter import Meter, combine_parties
-from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks, run_party
+from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks
 from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
 from pi_lnfree.secure.result import cost_result
 from pi_lnfree.secure.roles import CLIENT, SERVER
@@ -325,7 +325,8 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
     job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,
                    master_port=int(master_port), device=device, threads=os.cpu_count() or 1,
                    checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec, program=PROGRAM)
-    value = run_party(job)
+    # A child process, like the local parties: its own deadlines and torch's C++ log level apply.
+    value = launch_local([job], timeout_s)[rank]
     if rank != CLIENT:
         return {"rank": rank, "role": value["role"], "status": "done", "protocol": profile.to_dict(),
                 "wall_seconds": time.perf_counter() - t0}

@@ -7,10 +7,14 @@ torch.distributed env rendezvous (`MASTER_ADDR`, `MASTER_PORT`) over gloo.
 Local parties are fresh interpreters (`python -m pi_lnfree.secure.parties JOB RESULT`), so they
 share nothing with the caller's process and never re-import its main module.
 
-Failure handling: every blocking call of the process group times out after `timeout_s`; locally,
-the parent watches the processes, and once one has died or failed it gives the others
-`timeout_s` seconds to fail on their own, then kills them. Either way the caller gets a
-`PartyFailure` naming each party and what happened to it.
+Failure handling: every blocking call of the process group times out after `timeout_s`, and each
+party's own `watchdog` ends it when connecting (TCPStore, gloo rendezvous, CrypTen's seeds, the
+dealer's set-up) or a metadata exchange takes longer than `timeout_s`, whatever the peer does
+(absent, dead, or holding the port without answering). The parent watches the processes, and
+once one has died or failed it gives the others `timeout_s` seconds to fail on their own, then
+kills them. Either way the caller gets a `PartyFailure` naming each party and what happened to
+it, in one line: party processes run with torch's C++ log level at FATAL (unless the caller set
+`TORCH_CPP_LOG_LEVEL`), so c10d's retry warnings and their native stacks stay out of stderr.
 
 What ranks 0 and 1 do once connected is `PartyJob.program` ("module:function", named by the
 caller: `secure-eval` and the calibration each pass their own); the dealer always serves triples.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -87,33 +92,58 @@ def local_jobs(profile: Any, timeout_s: float, per_rank: dict[int, dict[str, Any
     return [PartyJob(rank=r, **{**common, **per_rank.get(r, {})}) for r in party_ranks(profile)]
 
 
+_SOURCE_LOCATION = re.compile(r"^\[[^\]]*:\d+\]\s*")  # "[.../pair.cc:553] " before a gloo message
+
+
 def _describe_error(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    full = str(exc)
+    lines = [ln.strip() for ln in full.strip().splitlines() if ln.strip()]
     text = lines[0] if lines else ""
-    if len(lines) > 1 and ("Connection closed" in str(exc) or "timed out" in str(exc).lower()):
+    if len(lines) > 1 and ("Connection closed" in full or "timed out" in full.lower()):
         text = next((ln for ln in lines if "Connection closed" in ln or "timed out" in ln.lower()), text)
+    text = _SOURCE_LOCATION.sub("", text)
     if isinstance(exc, UserError):
         return text
-    if "Connection closed by peer" in str(exc) or "Connection reset by peer" in str(exc):
+    if "Connection closed by peer" in full or "Connection reset by peer" in full:
         return "lost the connection to its peer (the peer crashed, was killed or left)"
+    if "EADDRINUSE" in full:
+        return "cannot listen on the rendezvous port: another process already uses it (choose another --master-port)"
+    if "timed out" in text.lower():
+        return f"its peer did not answer within the timeout ({text[:200]})"
     return f"{type(exc).__name__}: {text[:400]}"
 
 
-def run_party(job: PartyJob) -> Any:
-    """Run one party in this process (blocking); its result, or `PartyFailure`."""
+def _exit_with_message(message: str) -> None:
+    """Default watchdog action: the one-line error on stderr, exit code 2."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def run_party(job: PartyJob, on_expire: Callable[[str], None] = _exit_with_message) -> Any:
+    """Run one party in this process (blocking); its result, or `PartyFailure`.
+
+    Connecting, each metadata exchange and leaving run under a `watchdog.Watchdog` with
+    `job.timeout_s`: when one of them overruns, `on_expire(message)` ends the process (by
+    default: `error: <message>` on stderr and `os._exit(2)`)."""
     import importlib
 
     import torch
 
-    from pi_lnfree.secure import crypten_compat
+    from pi_lnfree.secure import crypten_compat, watchdog
 
     torch.set_num_threads(max(1, int(job.threads)))
+    dog = watchdog.Watchdog(party_label(job.rank), job.timeout_s, on_expire)
+    watchdog.install(dog)
     try:
         crypten_compat.configure(job.profile, device=job.device)
-        crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
+        with dog.phase(f"connecting to the parties at {job.master_addr}:{job.master_port}"):
+            crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
         if job.rank == DEALER:
             crypten_compat.run_dealer()
             return {"role": "dealer"}
+        if not job.program:
+            raise ValueError("PartyJob.program names no party program (module:function)")
         module, _, name = job.program.partition(":")
         return getattr(importlib.import_module(module), name)(job)
     except PartyFailure:
@@ -122,9 +152,11 @@ def run_party(job: PartyJob) -> Any:
         raise PartyFailure(f"{party_label(job.rank)} failed: {_describe_error(e)}") from e
     finally:
         try:
-            crypten_compat.shutdown()
+            with dog.phase("leaving the process group"):
+                crypten_compat.shutdown()
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
+        watchdog.install(None)
 
 
 def _child_main(job_file: str, result_file: str) -> int:
@@ -132,16 +164,27 @@ def _child_main(job_file: str, result_file: str) -> int:
     parent wrote, write ("ok"|"error", payload) to the result file, return the exit code."""
     with open(job_file, "rb") as f:
         job = pickle.load(f)  # written by our own parent process into a private folder
+
+    def on_expire(text: str) -> None:  # the watchdog's thread: report like a failure, then stop
+        _write_result(result_file, {"kind": "error", "value": text})
+        os._exit(1)
+
     try:
-        message, code = {"kind": "ok", "value": run_party(job)}, 0
+        message, code = {"kind": "ok", "value": run_party(job, on_expire)}, 0
     except PartyFailure as e:
         message, code = {"kind": "error", "value": str(e)}, 1
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         message, code = {"kind": "error", "value": f"{party_label(job.rank)} crashed: {e!r}"}, 1
         traceback.print_exc()
+    _write_result(result_file, message)
+    return code
+
+
+def _write_result(result_file: str, message: dict) -> None:
+    """Write `message` to `result_file` atomically (a fresh temporary file each time, so the
+    watchdog's thread and the main thread cannot collide)."""
     with atomic_write(result_file, "wb") as f:
         pickle.dump(message, f)
-    return code
 
 
 def _exit_text(code: int | None) -> str:
@@ -157,6 +200,15 @@ def _read_result(path: Path) -> dict | None:
         return None
     with path.open("rb") as f:
         return pickle.load(f)
+
+
+def _child_env() -> dict[str, str]:
+    """The party processes' environment: ours, with torch's C++ logging limited to FATAL unless
+    the caller chose a level (`TORCH_CPP_LOG_LEVEL=INFO` shows c10d's connection log again).
+    torch reads the variable once, when `torch._C` is imported, hence a fresh process."""
+    env = dict(os.environ)
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+    return env
 
 
 def launch_local(
@@ -179,7 +231,7 @@ def launch_local(
                     pickle.dump(job, f)
                 procs[job.rank] = subprocess.Popen(
                     [sys.executable, *_CHILD_CMD, str(job_file), str(outs[job.rank])],
-                    stdout=sys.stderr.fileno(), stdin=subprocess.DEVNULL,
+                    stdout=sys.stderr.fileno(), stdin=subprocess.DEVNULL, env=_child_env(),
                 )
             if on_start is not None:
                 on_start({rank: p.pid for rank, p in procs.items()})
@@ -233,4 +285,9 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1], sys.argv[2]))
+    exit_code = _child_main(sys.argv[1], sys.argv[2])
+    # The result is written: leave without the interpreter's teardown, whose C++ destructors
+    # (gloo pairs to a peer that is gone) can take seconds or block.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

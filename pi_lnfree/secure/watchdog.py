@@ -1,0 +1,96 @@
+"""A party process's own deadline for each phase in which it waits for a peer.
+
+Why a watchdog and not only torch.distributed's timeouts: the process group's timeout bounds
+every gloo collective and point-to-point call, but connecting is several phases with their own
+clocks. torch's TCPStore client retries connect-and-validate with a backoff delay between tries,
+and each try gets the full timeout, so a party whose rendezvous host never answers gave up only
+after about twice its timeout plus the delay; the gloo rendezvous, CrypTen's seed exchange and
+the TTP dealer's set-up come on top. A timer thread measures each phase against the party's
+`--timeout` from the outside. The blocking calls of torch.distributed release the GIL, so the
+thread runs while the main thread waits inside C++.
+
+On expiry the watchdog calls `on_expire(message)`, which must end the process (report the
+message, then `os._exit`): a thread cannot interrupt a call blocked inside C++.
+
+One watchdog per process is installed with `install`; `guarded(what)` bounds a block by it, and
+is a no-op where none is installed (a library call outside a party process).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+_ACTIVE: list[Watchdog] = []
+
+
+class Watchdog:
+    """Ends the process when a phase outlives `budget_s` seconds.
+
+    `label` names the party in the message ("server (rank 1)"); `on_expire(message)` is called
+    from the timer thread with one line ("<label> failed: <what> did not finish within ...") and
+    must not return.
+    """
+
+    def __init__(self, label: str, budget_s: float, on_expire: Callable[[str], None]):
+        self.label = label
+        self.budget_s = float(budget_s)
+        self._on_expire = on_expire
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._what = ""
+        threading.Thread(target=self._run, name="pi-lnfree-party-watchdog", daemon=True).start()
+
+    def message(self, what: str) -> str:
+        """The one-line failure for a phase `what` that ran out of time."""
+        return (f"{self.label} failed: {what} did not finish within {self.budget_s:g} s (--timeout); "
+                "a peer is absent, dead, or connected without answering")
+
+    @contextmanager
+    def phase(self, what: str) -> Iterator[None]:
+        """Bound the block by `budget_s` seconds from now (nested phases restore the outer one)."""
+        with self._cond:
+            saved = (self._deadline, self._what)
+            self._deadline, self._what = time.monotonic() + self.budget_s, what
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._deadline, self._what = saved
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            what = self._what
+        self._on_expire(self.message(what))
+
+
+def install(dog: Watchdog | None) -> None:
+    """Make `dog` this process's watchdog for `guarded` (None removes it)."""
+    _ACTIVE.clear()
+    if dog is not None:
+        _ACTIVE.append(dog)
+
+
+@contextmanager
+def guarded(what: str) -> Iterator[None]:
+    """Bound the block by the installed watchdog's budget; without one, run it unbounded."""
+    if not _ACTIVE:
+        yield
+        return
+    with _ACTIVE[0].phase(what):
+        yield
+
+
+__all__ = ["Watchdog", "guarded", "install"]
