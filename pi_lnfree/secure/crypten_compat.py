@@ -147,17 +147,10 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
         }
     )
     if rank >= world_size:
-        return  # the TTP dealer: `run_dealer` (CrypTen's TTPServer) initializes itself
+        return  # the TTP dealer: `dealer.serve` (CrypTen's TTPServer) initializes itself
     crypten.init()
     if crypten.mpc.ttp_required() and rank == 0:
         _meter_dealer_requests()
-
-
-def run_dealer() -> None:
-    """Serve triples as the TTP dealer until party 0 says it is done (blocks; call after
-    `init_party` with the dealer's rank)."""
-    crypten = get_crypten()
-    crypten.mpc.provider.TTPServer()
 
 
 def shutdown() -> None:
@@ -231,7 +224,6 @@ __all__ = [
     "init_party",
     "install_fast_matmul",
     "reset_comm_stats",
-    "run_dealer",
     "shutdown",
 ]
 

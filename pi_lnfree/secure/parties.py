@@ -116,8 +116,9 @@ def run_party(job: PartyJob) -> Any:
         crypten_compat.configure(job.profile, device=job.device)
         crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
         if job.rank == DEALER:
-            crypten_compat.run_dealer()
-            return {"role": "dealer"}
+            from pi_lnfree.secure import dealer
+
+            return {"role": "dealer", "served": dealer.serve()}
         module, _, name = job.program.partition(":")
         return getattr(importlib.import_module(module), name)(job)
     except PartyFailure:

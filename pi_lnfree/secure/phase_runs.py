@@ -1,0 +1,89 @@
+"""One party session that runs the same secure forward one-phase and two-phase, for the checks
+that the two agree bit for bit (tests) and for the benchmark that times both in one run.
+
+`compare_program` is a `PartyJob.program`: the server (rank 1) loads `job.checkpoint` and shares
+its weights once; the client (rank 0) shares `job.tokens[0]`; then, for each mode of
+`job.payload["modes"]` ("one": CrypTen's provider on demand; "two": `phases.offline_phase`
+then the forward inside `phases.online_phase`), both parties restart every generator from
+`job.payload["seed"]` (`phases.replay_seeds`: public seeds, no privacy; this is a
+measurement) and run one forward. The client returns, per mode: the logits, both parties' meter
+states and phase costs, and party 0's dealer counters during the forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from pi_lnfree.config import ModelConfig
+from pi_lnfree.secure import crypten_compat, phases
+from pi_lnfree.secure.layers import SecureOps
+from pi_lnfree.secure.meter import Meter
+from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, share_tokens, share_weights
+from pi_lnfree.secure.parties import PartyJob
+
+MODES = ("one", "two")
+
+
+def _one_forward(cfg, weights, job: PartyJob, trace, tokens, mode: str) -> dict[str, Any]:
+    seed = job.payload.get("seed")
+    if seed is not None:
+        phases.replay_seeds(int(seed))
+    offline, material = None, None
+    if mode == "two":
+        material, offline = phases.offline_phase(trace, **job.payload.get("offline", {}))
+    meter = Meter(crypten_compat.meter_stats)
+    model = SecureGPT(cfg, weights, SecureOps(meter, job.profile))
+    crypten_compat.reset_comm_stats()
+    scope = phases.online_phase(trace, material) if mode == "two" else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with scope:
+        onehot = share_tokens(tokens, int(job.payload["seq_len"]), cfg.vocab_size, job.device)
+        with meter.span():
+            out = model.forward(onehot)
+    return {
+        "mode": mode,
+        "logits": None if out is None else out[0].float().cpu(),
+        "meter": meter.state(),
+        "offline": None if offline is None else offline.to_dict(),
+        "online_seconds": time.perf_counter() - t0,
+        "dealer_during_forward": crypten_compat.dealer_stats(),
+    }
+
+
+def compare_program(job: PartyJob) -> dict[str, Any]:
+    """Party program (module docstring)."""
+    modes = job.payload.get("modes", MODES)
+    if any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be among {MODES}, got {modes}")
+    if job.rank == SERVER:
+        from pi_lnfree.checkpoint import load_model
+
+        model, _ = load_model(job.checkpoint, "cpu")
+        cfg, state = model.config, model.state_dict()
+        crypten_compat.exchange_json(cfg.to_dict(), src=SERVER)
+        tokens = None
+    else:
+        cfg = ModelConfig.from_dict(crypten_compat.exchange_json(None, src=SERVER))
+        state, tokens = None, job.tokens[0]
+    weights = share_weights(cfg, state, job.device)
+    t0 = time.perf_counter()
+    trace = phases.model_trace(cfg, job.profile, int(job.payload["seq_len"]), job.rank)
+    trace_s = time.perf_counter() - t0
+    phases.install(job.device)
+    phases.check_same_trace(trace)
+    runs = [_one_forward(cfg, weights, job, trace, tokens, m) for m in modes]
+    theirs = crypten_compat.exchange_json([{k: r[k] for k in ("meter", "offline", "online_seconds")} for r in runs],
+                                          src=SERVER)
+    if job.rank == SERVER:
+        return {"role": "server"}
+    for mine, other in zip(runs, theirs, strict=True):
+        mine["server"] = other
+    return {"role": "client", "runs": runs, "trace": {"requests": len(trace), "digest": trace.digest,
+                                                       "rounds": trace.rounds, "bytes": trace.bytes,
+                                                       "tuple_bytes": trace.tuple_bytes,
+                                                       "dealer_bytes": trace.dealer_bytes, "seconds": trace_s}}
+
+
+__all__ = ["MODES", "compare_program"]

@@ -1,0 +1,447 @@
+"""Secure inference in two phases: an offline phase that makes all correlated randomness a
+forward needs before the client's tokens exist, and an online phase that consumes it without
+contacting the dealer.
+
+What a forward needs is its request list (`tuples.Trace`), a function of public shapes and
+profile knobs only; `tuples.record_trace` derives it without peers or data, and each party
+checks that the other derived the same list (a digest) before the offline phase.
+
+Offline (`offline_phase`), per provider:
+
+* TTP: party 0 sends the dealer the whole request list in one message and receives, in request
+  order, the one dealer-made tensor of every tuple (`dealer.fetch_stream`): the whole of the
+  dealer's traffic, one round trip. Everything else of a TTP tuple is drawn from the generator
+  the party shares with the dealer; drawing it in the online phase, in the same order, gives
+  the same values the one-phase run draws, so it is not stored: party 0 stores the dealer's
+  bytes, party 1 nothing.
+* TFP: party 0 makes every tuple locally (CrypTen's TrustedFirstParty code, unchanged), both
+  parties store their full shares of each tuple. No communication; local work only.
+
+The material lives in memory when its exact size (from the trace) fits `budget_bytes`, else in a
+spool file that the online phase reads in order (`Material`).
+
+Online (`online_phase`): the provider answers each request from the material, after checking it
+is the request the trace said comes next; a request that does not match, a request beyond the
+material and any call that would reach the dealer raise `PhaseError`. Nothing falls back.
+
+Bit-identical to one phase: the online forward draws the same values from every generator in
+the same order as a one-phase forward (TTP tuples come from the generator shared with the dealer
+in request order either way; TFP tuples come from generators of their own, `PhasedProvider`,
+so making them early does not shift the streams the forward itself draws from), and
+`replay_seeds` lets a test or benchmark start two forwards from the same seeds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pi_lnfree.errors import UserError
+from pi_lnfree.secure import crypten_compat, dealer
+from pi_lnfree.secure.tuples import PROVIDER_FUNCTIONS, Request, Trace, request_key, swapped_generators
+
+DEFAULT_BUDGET_BYTES = 4 * 1024**3  # offline material a party keeps in memory; beyond: spool file
+_BINARY_OUTPUTS = {"generate_binary_triple": (0, 1, 2), "B2A_rng": (1,)}
+
+
+class PhaseError(RuntimeError):
+    """The online phase asked for something the offline phase did not prepare, or tried to
+    reach the dealer."""
+
+
+# ---------------------------------------------------------------------------------------------
+# offline material
+
+
+class Material:
+    """One party's offline material for one forward: int64 tensors in consumption order.
+
+    In memory: one flat tensor, filled in order, handed out as views. Spooled: a private temp
+    file written in order and read back in order (for material larger than the budget).
+    """
+
+    def __init__(self, total_elements: int, device: str = "cpu", spool_dir: str | None = None):
+        self.total = int(total_elements)
+        self.device = device
+        self._pos = 0
+        self._file = None
+        self._flat = None
+        if spool_dir is not None:
+            if not str(device).startswith("cpu"):
+                raise UserError("spooled offline material needs --device cpu")
+            fd, self.path = tempfile.mkstemp(prefix="pi-lnfree-material-", dir=spool_dir)
+            self._file = os.fdopen(fd, "w+b")
+        else:
+            self.path = None
+            self._flat = torch.empty(self.total, dtype=torch.long, device=device)
+
+    @property
+    def spooled(self) -> bool:
+        return self._file is not None
+
+    def append(self, chunk: torch.Tensor) -> None:
+        """Add 1-D int64 data at the end (offline)."""
+        n = chunk.numel()
+        if self._pos + n > self.total:
+            raise PhaseError(f"offline material overflow: {self._pos + n} > {self.total} elements")
+        if self._file is not None:
+            self._file.write(chunk.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            self._flat[self._pos:self._pos + n] = chunk.reshape(-1)
+        self._pos += n
+
+    def seal(self) -> None:
+        """End of the offline phase: every element is there; reading starts at the front."""
+        if self._pos != self.total:
+            raise PhaseError(f"offline material incomplete: {self._pos} of {self.total} elements")
+        if self._file is not None:
+            self._file.flush()
+            self._file.seek(0)
+        self._pos = 0
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next tensor of `shape` (online)."""
+        n = 1
+        for s in shape:
+            n *= int(s)
+        if self._pos + n > self.total:
+            raise PhaseError(f"offline material exhausted: {n} more elements asked at {self._pos} of {self.total}")
+        if self._file is not None:
+            out = torch.empty(n, dtype=torch.long)
+            got = self._file.readinto(memoryview(out.numpy()).cast("B"))
+            if got != 8 * n:
+                raise PhaseError("offline material file is shorter than written")
+            out = out.view(shape)
+        else:
+            out = self._flat[self._pos:self._pos + n].view(shape)
+        self._pos += n
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pos == self.total
+
+    def close(self) -> None:
+        """Free the memory or delete the spool file."""
+        self._flat = None
+        if self._file is not None:
+            self._file.close()
+            os.unlink(self.path)
+            self._file = None
+
+
+def material_elements(trace: Trace, provider: str, rank: int) -> int:
+    """int64 elements one party stores for `trace` (see the module docstring)."""
+    if provider == "TTP":
+        return trace.dealer_bytes // 8 if rank == 0 else 0
+    return trace.tuple_bytes // 8
+
+
+# ---------------------------------------------------------------------------------------------
+# the provider a party uses while phases are installed
+
+
+def _plain(share) -> torch.Tensor:
+    """The torch tensor inside a share (CrypTen wraps CUDA ones in CUDALongTensor)."""
+    return share if torch.is_tensor(share) else share._tensor
+
+
+class PhasedProvider:
+    """Stands in for CrypTen's tuple provider of this party (`install`).
+
+    Outside an online phase it calls CrypTen's provider (TFP: with its own generators, see the
+    module docstring). Inside one it serves every request from the material.
+    """
+
+    def __init__(self, inner: Any, name: str, device: str):
+        self.inner = inner
+        self.name = name
+        self.device = device
+        self.expected: list[Request] | None = None
+        self.material: Material | None = None
+        self.next_index = 0
+        self.tuple_generators: dict[str, dict[torch.device, torch.Generator]] = {}
+        if name == "TFP":
+            self._seed_tuple_generators(None)
+
+    def _seed_tuple_generators(self, seed: int | None) -> None:
+        """TFP's own generators: seeded from CrypTen's (one draw each, the same on both
+        parties for the shared ones), or from `seed` (replay)."""
+        crypten = crypten_compat.get_crypten()
+        rank = crypten.communicator.get().get_rank()
+        self.tuple_generators = {}
+        for key, per_device in crypten.generators.items():
+            self.tuple_generators[key] = {}
+            for device, g in per_device.items():
+                if seed is None:
+                    s = int(torch.randint(-(2**63), 2**63 - 1, (), generator=g, device=device).item())
+                else:
+                    label = {"prev": ("pair", (rank - 1) % 2), "next": ("pair", rank), "local": ("local", rank)}
+                    s = dealer.derived_seed(seed, "tfp", *label.get(key, ("global",)))
+                self.tuple_generators[key][device] = torch.Generator(device=device).manual_seed(s)
+
+    # the five provider functions CrypTen calls
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        return self._serve("generate_additive_triple", (size0, size1, op, *args), kwargs, device)
+
+    def square(self, size, device=None):
+        return self._serve("square", (size,), {}, device)
+
+    def generate_binary_triple(self, size0, size1, device=None):
+        return self._serve("generate_binary_triple", (size0, size1), {}, device)
+
+    def wrap_rng(self, size, device=None):
+        return self._serve("wrap_rng", (size,), {}, device)
+
+    def B2A_rng(self, size, device=None):
+        return self._serve("B2A_rng", (size,), {}, device)
+
+    def make(self, kind: str, args: tuple, kwargs: dict, device) -> tuple:
+        """One tuple from CrypTen's provider (TFP: under its own generators)."""
+        fn = getattr(self.inner, kind)
+        if kind == "generate_additive_triple":
+            size0, size1, op, *rest = args
+            call = lambda: fn(size0, size1, op, device, *rest, **kwargs)  # noqa: E731
+        else:
+            call = lambda: fn(*args, device=device)  # noqa: E731
+        if self.name != "TFP":
+            return call()
+        with swapped_generators(self.tuple_generators):
+            return call()
+
+    def _serve(self, kind: str, args: tuple, kwargs: dict, device):
+        if self.expected is None:
+            return self.make(kind, args, kwargs, device)
+        request = self._next_expected(request_key(kind, args, kwargs))
+        if self.name == "TTP":
+            return self.make(kind, args, kwargs, device)  # party 0's dealer part: `dealer_answer`
+        return self._stored_tuple(request, device)
+
+    def _next_expected(self, key: tuple) -> Request:
+        i = self.next_index
+        if i >= len(self.expected):
+            raise PhaseError(f"online request #{i} {key[:2]} is beyond the {len(self.expected)} prepared offline")
+        request = self.expected[i]
+        if request.key != key:
+            raise PhaseError(f"online request #{i} {key[:2]} differs from the prepared {request.key[:2]}")
+        self.next_index = i + 1
+        return request
+
+    def _stored_tuple(self, request: Request, device) -> tuple:
+        from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+        binary = _BINARY_OUTPUTS.get(request.kind, ())
+        out = []
+        for i, shape in enumerate(request.outputs):
+            t = self.material.take(shape).to(device if device is not None else self.device)
+            out.append(BinarySharedTensor.from_shares(t) if i in binary else ArithmeticSharedTensor.from_shares(t, precision=0))
+        return tuple(out)
+
+    def dealer_answer(self, function: str, args: tuple, kwargs: dict, device) -> torch.Tensor:
+        """Party 0 under TTP: what the dealer would have sent for the current online request."""
+        if self.expected is None:
+            raise PhaseError("no online phase is active")
+        request = self.expected[self.next_index - 1]
+        if function != request.dealer_function:
+            raise PhaseError(f"dealer call {function!r} during online request {request.key[:2]}")
+        return self.material.take(request.dealer_shape).to(device if device is not None else self.device)
+
+
+_STATE: dict[str, Any] = {"provider": None}
+
+
+def install(device: str = "cpu") -> PhasedProvider:
+    """Put a `PhasedProvider` in front of this party's CrypTen provider (after
+    `crypten_compat.init_party`; idempotent). Party 0 under TTP also routes the dealer client:
+    inside an online phase every dealer call is answered from the material or raises."""
+    provider = _STATE["provider"]
+    if provider is not None:
+        return provider
+    crypten = crypten_compat.get_crypten()
+    name = crypten.cfg.mpc.provider
+    if name not in ("TTP", "TFP"):
+        raise UserError(f"two-phase inference supports the TTP and TFP providers, not {name!r}")
+    provider = PhasedProvider(crypten.mpc.get_default_provider(), name, device)
+    crypten.mpc.get_default_provider = lambda: provider
+    if name == "TTP" and crypten.communicator.get().get_rank() == 0:
+        client_cls = type(crypten.mpc.provider.ttp_provider.TTPClient.get())
+        original = client_cls.ttp_request
+
+        def ttp_request(self, func_name, device, *args, **kwargs):
+            if provider.expected is not None:
+                return provider.dealer_answer(func_name, args, kwargs, device)
+            return original(self, func_name, device, *args, **kwargs)
+
+        client_cls.ttp_request = ttp_request
+    _STATE["provider"] = provider
+    return provider
+
+
+def _provider() -> PhasedProvider:
+    if _STATE["provider"] is None:
+        raise PhaseError("phases.install() was not called in this party")
+    return _STATE["provider"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the two phases
+
+
+@dataclass
+class PhaseCost:
+    """What one party spent in one phase: its own protocol counters (CrypTen's convention),
+    dealer traffic (party 0 under TTP), local seconds, and the material it holds."""
+
+    bytes: float = 0.0
+    rounds: int = 0
+    seconds: float = 0.0
+    dealer_bytes: int = 0
+    dealer_round_trips: int = 0
+    requests: int = 0
+    material_bytes: int = 0
+    spooled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+
+
+@contextmanager
+def _measured(cost: PhaseCost) -> Iterator[None]:
+    before, t0 = crypten_compat.comm_stats(), time.perf_counter()
+    try:
+        yield
+    finally:
+        after = crypten_compat.comm_stats()
+        cost.seconds += time.perf_counter() - t0
+        cost.bytes += after["bytes"] - before["bytes"]
+        cost.rounds += int(after["rounds"] - before["rounds"])
+
+
+def check_same_trace(trace: Trace) -> None:
+    """Both parties derived the same request list (each raises `PhaseError` otherwise).
+    Metadata exchange outside the counted traffic."""
+    digests = [crypten_compat.exchange_json(trace.digest, src=src) for src in (0, 1)]
+    if digests[0] != digests[1]:
+        raise PhaseError(f"the parties derived different request lists ({digests[0]} vs {digests[1]})")
+
+
+def offline_phase(trace: Trace, budget_bytes: int = DEFAULT_BUDGET_BYTES, spool_dir: str | None = None,
+                  chunk_elements: int = dealer.DEFAULT_CHUNK_ELEMENTS) -> tuple[Material, PhaseCost]:
+    """Make this party's material for one forward of `trace` (module docstring); both parties
+    call it at the same point, before the client's input is shared. Returns the sealed material
+    and what it cost this party. Material above `budget_bytes` goes to a spool file in
+    `spool_dir` (default: the system temp folder)."""
+    provider = _provider()
+    if provider.expected is not None:
+        raise PhaseError("an offline phase cannot run inside an online phase")
+    crypten = crypten_compat.get_crypten()
+    rank = crypten.communicator.get().get_rank()
+    elements = material_elements(trace, provider.name, rank)
+    spool = (spool_dir or tempfile.gettempdir()) if 8 * elements > budget_bytes else None
+    material = Material(elements, provider.device, spool)
+    cost = PhaseCost(requests=len(trace), material_bytes=8 * elements, spooled=material.spooled)
+    try:
+        with _measured(cost):
+            if provider.name == "TTP" and rank == 0:
+                stream = [dealer.stream_request(r.dealer_function, r.sizes, r.op, r.extra) for r in trace.requests]
+                cost.dealer_bytes = dealer.fetch_stream(stream, elements, str(provider.device), material.append,
+                                                        chunk_elements)
+                cost.dealer_round_trips = 1
+            elif provider.name == "TFP":
+                for r in trace.requests:
+                    args = r.sizes if r.op is None else (*r.sizes, r.op, *r.extra[0])
+                    for share in provider.make(r.kind, args, dict(r.extra[1]) if r.extra else {}, provider.device):
+                        material.append(_plain(share.share).reshape(-1))
+        material.seal()
+    except BaseException:
+        material.close()
+        raise
+    return material, cost
+
+
+@contextmanager
+def online_phase(trace: Trace, material: Material) -> Iterator[None]:
+    """Inside the block every tuple comes from `material` in `trace` order and the dealer is
+    never contacted (`PhaseError` otherwise); leaving it checks that the forward used exactly
+    the prepared requests and frees the material."""
+    provider = _provider()
+    provider.expected, provider.material, provider.next_index = list(trace.requests), material, 0
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        used, provider.expected, provider.material = provider.next_index, None, None
+        material.close()
+    if ok and used != len(trace):
+        raise PhaseError(f"the online forward used {used} of the {len(trace)} prepared requests")
+
+
+def replay_seeds(seed: int) -> None:
+    """Tests and benchmarks only: make every generator of this party (CrypTen's four, the TTP
+    generator and TFP's own) and, from party 0, the dealer's a public function of `seed`, so
+    two forwards started after the same call draw the same values. This removes all privacy."""
+    crypten = crypten_compat.get_crypten()
+    rank = crypten.communicator.get().get_rank()
+    labels = {"prev": ("pair", (rank - 1) % 2), "next": ("pair", rank), "local": ("local", rank), "global": ("global",)}
+    for key, per_device in crypten.generators.items():
+        for g in per_device.values():
+            g.manual_seed(dealer.derived_seed(seed, "crypten", *labels[key]))
+    provider = _provider()
+    if provider.name == "TFP":
+        provider._seed_tuple_generators(seed)
+    if provider.name == "TTP":
+        client = crypten.mpc.provider.ttp_provider.TTPClient.get()
+        for g in (client.generator, client.generator_cuda):
+            if g is not None:
+                g.manual_seed(dealer.derived_seed(seed, "ttp", rank))
+        if rank == 0:
+            dealer.reseed_dealer(seed)
+
+
+__all__ = [
+    "DEFAULT_BUDGET_BYTES",
+    "Material",
+    "PROVIDER_FUNCTIONS",
+    "PhaseCost",
+    "PhaseError",
+    "PhasedProvider",
+    "check_same_trace",
+    "install",
+    "material_elements",
+    "model_trace",
+    "offline_phase",
+    "online_phase",
+    "replay_seeds",
+]
+
+
+_TRACES: dict[tuple, Trace] = {}
+
+
+def model_trace(cfg, profile, seq_len: int, rank: int = 0) -> Trace:
+    """The request list of one secure forward of `cfg` at `seq_len` under `profile` (memoised
+    per process): `tuples.record_trace` of `SecureGPT.forward` on data-less placeholders."""
+    import json
+
+    key = (json.dumps(cfg.to_dict(), sort_keys=True), int(seq_len), repr(profile), int(rank))
+    if key not in _TRACES:
+        from pi_lnfree.secure.layers import SecureOps
+        from pi_lnfree.secure.model import SecureGPT, share_tokens, share_weights
+        from pi_lnfree.secure.tuples import META, record_trace
+
+        def run(meter):
+            weights = share_weights(cfg, None, META)
+            onehot = share_tokens(None, seq_len, cfg.vocab_size, META)
+            SecureGPT(cfg, weights, SecureOps(meter, profile)).forward(onehot)
+
+        _TRACES[key] = record_trace(run, rank)
+    return _TRACES[key]
