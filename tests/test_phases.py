@@ -15,7 +15,7 @@ from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.config import make_config
 from pi_lnfree.model import GPT
 from pi_lnfree.secure.parties import launch_local, local_jobs
-from pi_lnfree.secure.phases import Material, PhaseError, PhasedProvider
+from pi_lnfree.secure.phases import Material, PhasedProvider, PhaseError
 from pi_lnfree.secure.profile import load_profile
 from pi_lnfree.secure.tuples import Request, output_shapes, request_key
 

@@ -20,7 +20,7 @@ from pi_lnfree.config import ModelConfig
 from pi_lnfree.secure import crypten_compat, phases
 from pi_lnfree.secure.layers import SecureOps
 from pi_lnfree.secure.meter import Meter
-from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, share_tokens, share_weights
+from pi_lnfree.secure.model import SERVER, SecureGPT, share_tokens, share_weights
 from pi_lnfree.secure.parties import PartyJob
 
 MODES = ("one", "two")
