@@ -7,7 +7,7 @@ its weights once; the client (rank 0) shares `job.tokens[0]`; then, for each mod
 then the forward inside `phases.online_phase`), both parties restart every generator from
 `job.payload["seed"]` (`phases.replay_seeds`: public seeds, no privacy; this is a
 measurement) and run one forward. The client returns, per mode: the logits, both parties' meter
-states and phase costs, and party 0's dealer counters during the forward.
+states, phase costs and peak resident memory, and party 0's dealer counters during the forward.
 """
 
 from __future__ import annotations
@@ -26,8 +26,32 @@ from pi_lnfree.secure.parties import PartyJob
 MODES = ("one", "two")
 
 
+def _reset_peak_rss() -> None:
+    """Restart this process's peak-RSS mark (Linux `clear_refs` 5; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since the last reset (Linux VmHWM; else maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def _one_forward(cfg, weights, job: PartyJob, trace, tokens, mode: str) -> dict[str, Any]:
     seed = job.payload.get("seed")
+    _reset_peak_rss()
     if seed is not None:
         phases.replay_seeds(int(seed))
     offline, material = None, None
@@ -49,6 +73,7 @@ def _one_forward(cfg, weights, job: PartyJob, trace, tokens, mode: str) -> dict[
         "offline": None if offline is None else offline.to_dict(),
         "online_seconds": time.perf_counter() - t0,
         "dealer_during_forward": crypten_compat.dealer_stats(),
+        "peak_rss_bytes": peak_rss_bytes(),
     }
 
 
@@ -74,8 +99,8 @@ def compare_program(job: PartyJob) -> dict[str, Any]:
     phases.install(job.device)
     phases.check_same_trace(trace)
     runs = [_one_forward(cfg, weights, job, trace, tokens, m) for m in modes]
-    theirs = crypten_compat.exchange_json([{k: r[k] for k in ("meter", "offline", "online_seconds")} for r in runs],
-                                          src=SERVER)
+    shared = ("meter", "offline", "online_seconds", "peak_rss_bytes")
+    theirs = crypten_compat.exchange_json([{k: r[k] for k in shared} for r in runs], src=SERVER)
     if job.rank == SERVER:
         return {"role": "server"}
     for mine, other in zip(runs, theirs, strict=True):

@@ -313,6 +313,22 @@ class PhaseCost:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
+def combine_offline(client: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
+    """Both parties' offline `PhaseCost.to_dict()` -> the system's offline phase: bytes on the
+    wire (the parties' own traffic counted once, as `meter.combine_parties` does, plus the
+    dealer's stream), rounds (the parties' in lockstep plus round trips to the dealer), seconds
+    (the slower party), and each party's material."""
+    return {
+        "bytes": (client["bytes"] + server["bytes"]) / 2 + client["dealer_bytes"] + server["dealer_bytes"],
+        "rounds": max(client["rounds"], server["rounds"]) + client["dealer_round_trips"] + server["dealer_round_trips"],
+        "seconds": max(client["seconds"], server["seconds"]),
+        "dealer_bytes": client["dealer_bytes"] + server["dealer_bytes"],
+        "requests": client["requests"],
+        "material_bytes": {"client": client["material_bytes"], "server": server["material_bytes"]},
+        "spooled": {"client": client["spooled"], "server": server["spooled"]},
+    }
+
+
 @contextmanager
 def _measured(cost: PhaseCost) -> Iterator[None]:
     before, t0 = crypten_compat.comm_stats(), time.perf_counter()
@@ -415,6 +431,7 @@ __all__ = [
     "PhaseError",
     "PhasedProvider",
     "check_same_trace",
+    "combine_offline",
     "install",
     "material_elements",
     "model_trace",
