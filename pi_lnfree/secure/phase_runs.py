@@ -7,21 +7,24 @@ its weights once; the client (rank 0) shares `job.tokens[0]`; then, for each mod
 then the forward inside `phases.online_phase`), both parties restart every generator from
 `job.payload["seed"]` (`phases.replay_seeds`: public seeds, no privacy; this is a
 measurement) and run one forward. The client returns, per mode: the logits, both parties' meter
-states, phase costs and peak resident memory, and party 0's dealer counters during the forward.
+states (the forward; two-phase: the online phase), offline costs, wall seconds of the mode and
+peak resident memory, and party 0's dealer counters during the forward. The meter states carry
+no dealer traffic in the two-phase mode (`phases.attribute_dealer` is not applied: the point
+here is what each mode measures).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.secure import crypten_compat, phases
-from pi_lnfree.secure.layers import SecureOps
+from pi_lnfree.secure.backends.crypten_ops import CryptenOps
 from pi_lnfree.secure.meter import Meter
-from pi_lnfree.secure.model import SERVER, SecureGPT, share_tokens, share_weights
 from pi_lnfree.secure.parties import PartyJob
+from pi_lnfree.secure.roles import SERVER
+from pi_lnfree.secure.structure import Decoder, load_weights
 
 MODES = ("one", "two")
 
@@ -54,24 +57,28 @@ def _one_forward(cfg, weights, job: PartyJob, trace, tokens, mode: str) -> dict[
     _reset_peak_rss()
     if seed is not None:
         phases.replay_seeds(int(seed))
-    offline, material = None, None
-    if mode == "two":
-        material, offline = phases.offline_phase(trace, **job.payload.get("offline", {}))
     meter = Meter(crypten_compat.meter_stats)
-    model = SecureGPT(cfg, weights, SecureOps(meter, job.profile))
+    ops = CryptenOps(meter, job.profile, job.device)
+    model = Decoder(cfg, weights, ops)
     crypten_compat.reset_comm_stats()
-    scope = phases.online_phase(trace, material) if mode == "two" else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with scope:
-        onehot = share_tokens(tokens, int(job.payload["seq_len"]), cfg.vocab_size, job.device)
+
+    def forward():
+        onehot = ops.tokens(tokens, int(job.payload["seq_len"]), cfg.vocab_size)
         with meter.span():
-            out = model.forward(onehot)
+            return model.forward(onehot)
+
+    if mode == "two":
+        out, offline = phases.offline_then_online(trace, forward, **job.payload.get("offline", {}))
+        offline = offline.to_dict()
+    else:
+        out, offline = forward(), None
     return {
         "mode": mode,
         "logits": None if out is None else out[0].float().cpu(),
         "meter": meter.state(),
-        "offline": None if offline is None else offline.to_dict(),
-        "online_seconds": time.perf_counter() - t0,
+        "offline": offline,
+        "seconds": time.perf_counter() - t0,
         "dealer_during_forward": crypten_compat.dealer_stats(),
         "peak_rss_bytes": peak_rss_bytes(),
     }
@@ -92,14 +99,14 @@ def compare_program(job: PartyJob) -> dict[str, Any]:
     else:
         cfg = ModelConfig.from_dict(crypten_compat.exchange_json(None, src=SERVER))
         state, tokens = None, job.tokens[0]
-    weights = share_weights(cfg, state, job.device)
+    weights = load_weights(cfg, state, CryptenOps(None, job.profile, job.device))
     t0 = time.perf_counter()
     trace = phases.model_trace(cfg, job.profile, int(job.payload["seq_len"]), job.rank)
     trace_s = time.perf_counter() - t0
     phases.install(job.device)
     phases.check_same_trace(trace)
     runs = [_one_forward(cfg, weights, job, trace, tokens, m) for m in modes]
-    shared = ("meter", "offline", "online_seconds", "peak_rss_bytes")
+    shared = ("meter", "offline", "seconds", "peak_rss_bytes")
     theirs = crypten_compat.exchange_json([{k: r[k] for k in shared} for r in runs], src=SERVER)
     if job.rank == SERVER:
         return {"role": "server"}

@@ -33,7 +33,6 @@ so making them early does not shift the streams the forward itself draws from), 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,96 +44,15 @@ import torch
 
 from pi_lnfree.errors import UserError
 from pi_lnfree.secure import crypten_compat, dealer
+from pi_lnfree.secure.material import Material, PhaseError
 from pi_lnfree.secure.tuples import PROVIDER_FUNCTIONS, Request, Trace, request_key, swapped_generators
 
 DEFAULT_BUDGET_BYTES = 4 * 1024**3  # offline material a party keeps in memory; beyond: spool file
 _BINARY_OUTPUTS = {"generate_binary_triple": (0, 1, 2), "B2A_rng": (1,)}
 
 
-class PhaseError(RuntimeError):
-    """The online phase asked for something the offline phase did not prepare, or tried to
-    reach the dealer."""
-
-
 # ---------------------------------------------------------------------------------------------
 # offline material
-
-
-class Material:
-    """One party's offline material for one forward: int64 tensors in consumption order.
-
-    In memory: one flat tensor, filled in order, handed out as views. Spooled: a private temp
-    file written in order and read back in order (for material larger than the budget).
-    """
-
-    def __init__(self, total_elements: int, device: str = "cpu", spool_dir: str | None = None):
-        self.total = int(total_elements)
-        self.device = device
-        self._pos = 0
-        self._file = None
-        self._flat = None
-        if spool_dir is not None:
-            if not str(device).startswith("cpu"):
-                raise UserError("spooled offline material needs --device cpu")
-            fd, self.path = tempfile.mkstemp(prefix="pi-lnfree-material-", dir=spool_dir)
-            self._file = os.fdopen(fd, "w+b")
-        else:
-            self.path = None
-            self._flat = torch.empty(self.total, dtype=torch.long, device=device)
-
-    @property
-    def spooled(self) -> bool:
-        return self._file is not None
-
-    def append(self, chunk: torch.Tensor) -> None:
-        """Add 1-D int64 data at the end (offline)."""
-        n = chunk.numel()
-        if self._pos + n > self.total:
-            raise PhaseError(f"offline material overflow: {self._pos + n} > {self.total} elements")
-        if self._file is not None:
-            self._file.write(chunk.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            self._flat[self._pos:self._pos + n] = chunk.reshape(-1)
-        self._pos += n
-
-    def seal(self) -> None:
-        """End of the offline phase: every element is there; reading starts at the front."""
-        if self._pos != self.total:
-            raise PhaseError(f"offline material incomplete: {self._pos} of {self.total} elements")
-        if self._file is not None:
-            self._file.flush()
-            self._file.seek(0)
-        self._pos = 0
-
-    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The next tensor of `shape` (online)."""
-        n = 1
-        for s in shape:
-            n *= int(s)
-        if self._pos + n > self.total:
-            raise PhaseError(f"offline material exhausted: {n} more elements asked at {self._pos} of {self.total}")
-        if self._file is not None:
-            out = torch.empty(n, dtype=torch.long)
-            got = self._file.readinto(memoryview(out.numpy()).cast("B"))
-            if got != 8 * n:
-                raise PhaseError("offline material file is shorter than written")
-            out = out.view(shape)
-        else:
-            out = self._flat[self._pos:self._pos + n].view(shape)
-        self._pos += n
-        return out
-
-    @property
-    def exhausted(self) -> bool:
-        return self._pos == self.total
-
-    def close(self) -> None:
-        """Free the memory or delete the spool file."""
-        self._flat = None
-        if self._file is not None:
-            self._file.close()
-            os.unlink(self.path)
-            self._file = None
 
 
 def material_elements(trace: Trace, provider: str, rank: int) -> int:
@@ -401,6 +319,28 @@ def online_phase(trace: Trace, material: Material) -> Iterator[None]:
         raise PhaseError(f"the online forward used {used} of the {len(trace)} prepared requests")
 
 
+def offline_then_online(trace: Trace, run, **offline: Any) -> tuple[Any, PhaseCost]:
+    """`offline_phase(trace, **offline)`, then `run()` inside `online_phase`; (its result, the
+    offline cost of this party)."""
+    material, cost = offline_phase(trace, **offline)
+    with online_phase(trace, material):
+        out = run()
+    return out, cost
+
+
+def attribute_dealer(state: dict[str, Any], trace: Trace) -> dict[str, Any]:
+    """Party 0 under TTP: add each request's dealer bytes (and one request) to the category of the
+    meter state that made it, as a one-phase run meters them when it asks the dealer, and to the
+    span; the two-phase online forward itself meters no dealer traffic. Returns `state`."""
+    for category, rec in trace.by_category().items():
+        if category is None:
+            raise PhaseError(f"{rec['requests']} tuple requests were made outside every metered operator")
+        for target in (state["ops"][category], state["span"]):
+            target["dealer_bytes"] += rec["dealer_bytes"]
+            target["dealer_requests"] += rec["requests"]
+    return state
+
+
 def replay_seeds(seed: int) -> None:
     """Tests and benchmarks only: make every generator of this party (CrypTen's four, the TTP
     generator and TFP's own) and, from party 0, the dealer's a public function of `seed`, so
@@ -430,12 +370,14 @@ __all__ = [
     "PhaseCost",
     "PhaseError",
     "PhasedProvider",
+    "attribute_dealer",
     "check_same_trace",
     "combine_offline",
     "install",
     "material_elements",
     "model_trace",
     "offline_phase",
+    "offline_then_online",
     "online_phase",
     "replay_seeds",
 ]
@@ -446,19 +388,20 @@ _TRACES: dict[tuple, Trace] = {}
 
 def model_trace(cfg, profile, seq_len: int, rank: int = 0) -> Trace:
     """The request list of one secure forward of `cfg` at `seq_len` under `profile` (memoised
-    per process): `tuples.record_trace` of `SecureGPT.forward` on data-less placeholders."""
+    per process): `tuples.record_trace` of the decoder structure on the CrypTen backend, with
+    data-less weights and tokens."""
     import json
 
     key = (json.dumps(cfg.to_dict(), sort_keys=True), int(seq_len), repr(profile), int(rank))
     if key not in _TRACES:
-        from pi_lnfree.secure.layers import SecureOps
-        from pi_lnfree.secure.model import SecureGPT, share_tokens, share_weights
+        from pi_lnfree.secure.backends.crypten_ops import CryptenOps
+        from pi_lnfree.secure.structure import Decoder, load_weights
         from pi_lnfree.secure.tuples import META, record_trace
 
         def run(meter):
-            weights = share_weights(cfg, None, META)
-            onehot = share_tokens(None, seq_len, cfg.vocab_size, META)
-            SecureGPT(cfg, weights, SecureOps(meter, profile)).forward(onehot)
+            ops = CryptenOps(meter, profile, META)
+            weights = load_weights(cfg, None, ops)
+            Decoder(cfg, weights, ops).forward(ops.tokens(None, seq_len, cfg.vocab_size))
 
         _TRACES[key] = record_trace(run, rank)
     return _TRACES[key]
