@@ -284,7 +284,7 @@ def offline_phase(trace: Trace, budget_bytes: int = DEFAULT_BUDGET_BYTES, spool_
     cost = PhaseCost(requests=len(trace), material_bytes=8 * elements, spooled=material.spooled)
     try:
         with _measured(cost):
-            if provider.name == "TTP" and rank == 0:
+            if provider.name == "TTP" and rank == 0 and len(trace):
                 stream = [dealer.stream_request(r.dealer_function, r.sizes, r.op, r.extra) for r in trace.requests]
                 cost.dealer_bytes = dealer.fetch_stream(stream, elements, str(provider.device), material.append,
                                                         chunk_elements)

@@ -50,8 +50,11 @@ def cost_result(
     return out
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    return None if any(v is None for v in values) else sum(values) / len(values)
+def _mean(values: Sequence[float | None]) -> float | int | None:
+    if any(v is None for v in values):
+        return None
+    mean = sum(values) / len(values)
+    return int(mean) if float(mean).is_integer() else mean
 
 
 def phase_costs(offline: Sequence[Mapping[str, Any]], total: Mapping[str, float],
