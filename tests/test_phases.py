@@ -14,6 +14,7 @@ import torch
 from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.config import make_config
 from pi_lnfree.model import GPT
+from pi_lnfree.secure.costmodel import load_calibration, predicted_state, trace_forward
 from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.phases import Material, PhasedProvider, PhaseError
 from pi_lnfree.secure.profile import load_profile
@@ -77,6 +78,16 @@ def test_ttp_two_phases_bit_identical_and_dealer_untouched_online(tmp_path, monk
     # the dealer's own count: n tuples each way, n one-phase messages + 1 stream + 2 reseeds,
     # so nothing reached it during the online forward
     assert dealer["served"] == {"messages": n + 3, "requests": 2 * n, "bytes": 2 * trace["dealer_bytes"]}
+    # the cost model's prediction of both phases from the committed calibration
+    profile = load_profile(TTP)
+    pred = predicted_state(trace_forward(make_config("tiny", "sm-ln-g", vocab_size=64, n_layer=1), T),
+                           load_calibration(profile), profile.provider)
+    assert pred["offline"]["rounds"] == 1 and pred["offline"]["requests"] == n
+    assert abs(pred["offline"]["bytes"] - off["dealer_bytes"]) <= 0.01 * off["dealer_bytes"]
+    spans = (two["meter"]["span"], two["server"]["meter"]["span"])
+    online_bytes = (spans[0]["bytes"] + spans[1]["bytes"]) / 2  # as `meter.combine_parties` counts
+    assert pred["span"]["rounds"] == max(s["rounds"] for s in spans)
+    assert abs(pred["span"]["bytes"] - online_bytes) <= 0.01 * online_bytes
 
 
 def test_tfp_two_phases_bit_identical_with_spooled_material(tmp_path, monkeypatch):
