@@ -16,7 +16,7 @@ from pi_lnfree.config import make_config
 from pi_lnfree.model import GPT
 from pi_lnfree.secure.costmodel import load_calibration, predicted_state, trace_forward
 from pi_lnfree.secure.parties import launch_local, local_jobs
-from pi_lnfree.secure.phases import Material, PhasedProvider, PhaseError
+from pi_lnfree.secure.phases import Material, PhasedProvider, PhaseError, dealer_guard
 from pi_lnfree.secure.profile import load_profile
 from pi_lnfree.secure.tuples import Request, output_shapes, request_key
 
@@ -154,10 +154,9 @@ def test_online_requests_must_match_the_offline_trace():
     provider.next_index = 2
     with pytest.raises(PhaseError, match="beyond the 2 prepared"):
         provider.square(torch.Size([4]))
-    # the dealer client of party 0 is answered from the material only, for the current request
-    provider.next_index = 2  # serving the B2A request
-    with pytest.raises(PhaseError, match="dealer call 'square'"):
-        provider.dealer_answer("square", ((4,),), {}, "cpu")
+    # party 0's dealer client raises inside an online phase and works outside one
+    guarded = dealer_guard(provider, lambda self, fn, device, *args: f"dealer {fn}")
+    with pytest.raises(PhaseError, match="tried to reach the dealer"):
+        guarded(None, "square", "cpu", (4,))
     provider.expected = None
-    with pytest.raises(PhaseError, match="no online phase"):
-        provider.dealer_answer("B2A", ((4,),), {}, "cpu")
+    assert guarded(None, "square", "cpu", (4,)) == "dealer square"

@@ -138,8 +138,9 @@ class PhasedProvider:
         if self.expected is None:
             return self.make(kind, args, kwargs, device)
         request = self._next_expected(request_key(kind, args, kwargs))
+        device = device if device is not None else self.device
         if self.name == "TTP":
-            return self.make(kind, args, kwargs, device)  # party 0's dealer part: `dealer_answer`
+            return self._ttp_tuple(request, device)
         return self._stored_tuple(request, device)
 
     def _next_expected(self, key: tuple) -> Request:
@@ -162,14 +163,34 @@ class PhasedProvider:
             out.append(BinarySharedTensor.from_shares(t) if i in binary else ArithmeticSharedTensor.from_shares(t, precision=0))
         return tuple(out)
 
-    def dealer_answer(self, function: str, args: tuple, kwargs: dict, device) -> torch.Tensor:
-        """Party 0 under TTP: what the dealer would have sent for the current online request."""
-        if self.expected is None:
-            raise PhaseError("no online phase is active")
-        request = self.expected[self.next_index - 1]
-        if function != request.dealer_function:
-            raise PhaseError(f"dealer call {function!r} during online request {request.key[:2]}")
-        return self.material.take(request.dealer_shape).to(device if device is not None else self.device)
+    def _ttp_tuple(self, request: Request, device) -> tuple:
+        """A TTP tuple online, without the dealer: the draws of CrypTen's `TrustedThirdParty`
+        (ttp_provider.py), in its order, from the generator this party shares with the dealer;
+        party 0's dealer-made tensor comes from the material. The product's shape comes from the
+        trace: party 1 does not multiply a @ b only to learn it, as the stock provider does."""
+        from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element
+        from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+        crypten = crypten_compat.get_crypten()
+        gen = crypten.mpc.provider.ttp_provider.TTPClient.get().get_generator(device=device)
+        rank = crypten.communicator.get().get_rank()
+
+        def ring(shape):
+            return generate_random_ring_element(shape, generator=gen, device=device)
+
+        def correlated():  # the tensor party 0 gets from the dealer; party 1 draws it
+            return self.material.take(request.dealer_shape).to(device) if rank == 0 else ring(request.dealer_shape)
+
+        def arith(*ts):
+            return tuple(ArithmeticSharedTensor.from_shares(t, precision=0) for t in ts)
+
+        if request.kind == "B2A_rng":
+            bits = generate_kbit_random_tensor(request.sizes[0], bitlength=1, generator=gen, device=device)
+            return arith(correlated())[0], BinarySharedTensor.from_shares(bits)
+        drawn = [ring(shape) for shape in request.sizes]  # a, b (triples) or r (the pairs)
+        if request.kind == "generate_binary_triple":
+            return tuple(BinarySharedTensor.from_shares(t) for t in (*drawn, correlated()))
+        return arith(*drawn, correlated())
 
 
 _STATE: dict[str, Any] = {"provider": None}
@@ -177,8 +198,8 @@ _STATE: dict[str, Any] = {"provider": None}
 
 def install(device: str = "cpu") -> PhasedProvider:
     """Put a `PhasedProvider` in front of this party's CrypTen provider (after
-    `crypten_compat.init_party`; idempotent). Party 0 under TTP also routes the dealer client:
-    inside an online phase every dealer call is answered from the material or raises."""
+    `crypten_compat.init_party`; idempotent). Party 0 under TTP also guards the dealer client:
+    inside an online phase a call to the dealer raises `PhaseError`."""
     provider = _STATE["provider"]
     if provider is not None:
         return provider
@@ -190,16 +211,21 @@ def install(device: str = "cpu") -> PhasedProvider:
     crypten.mpc.get_default_provider = lambda: provider
     if name == "TTP" and crypten.communicator.get().get_rank() == 0:
         client_cls = type(crypten.mpc.provider.ttp_provider.TTPClient.get())
-        original = client_cls.ttp_request
-
-        def ttp_request(self, func_name, device, *args, **kwargs):
-            if provider.expected is not None:
-                return provider.dealer_answer(func_name, args, kwargs, device)
-            return original(self, func_name, device, *args, **kwargs)
-
-        client_cls.ttp_request = ttp_request
+        client_cls.ttp_request = dealer_guard(provider, client_cls.ttp_request)
     _STATE["provider"] = provider
     return provider
+
+
+def dealer_guard(provider: PhasedProvider, ttp_request):
+    """CrypTen's `TTPClient.ttp_request` wrapped to raise `PhaseError` while `provider` is in an
+    online phase (nothing there calls it: a code path that would is an error, not a request)."""
+
+    def guarded(self, func_name, device, *args, **kwargs):
+        if provider.expected is not None:
+            raise PhaseError(f"the online phase tried to reach the dealer ({func_name} {args})")
+        return ttp_request(self, func_name, device, *args, **kwargs)
+
+    return guarded
 
 
 def _provider() -> PhasedProvider:
@@ -373,6 +399,7 @@ __all__ = [
     "attribute_dealer",
     "check_same_trace",
     "combine_offline",
+    "dealer_guard",
     "install",
     "material_elements",
     "model_trace",
