@@ -146,8 +146,8 @@ def _run_call(ops, kind: str, dims: dict[str, int], rank: int):
         gamma, beta = share((g("d"),), SERVER, rank), share((g("d"),), SERVER, rank)
         return lambda: ops.layernorm(x, gamma, beta, 1e-5)
     if kind == "dyt":
-        x = _share((1, g("T"), g("d")), CLIENT, rank)
-        alpha, gamma, beta = (_share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
+        x = share((1, g("T"), g("d")), CLIENT, rank)
+        alpha, gamma, beta = (share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
         return lambda: ops.dyt(x, alpha, gamma, beta)
     if kind.startswith("activation:"):
         name = kind.split(":", 1)[1]
