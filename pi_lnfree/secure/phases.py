@@ -20,9 +20,11 @@ Offline (`offline_phase`), per provider:
 The material lives in memory when its exact size (from the trace) fits `budget_bytes`, else in a
 spool file that the online phase reads in order (`Material`).
 
-Online (`online_phase`): the provider answers each request from the material, after checking it
-is the request the trace said comes next; a request that does not match, a request beyond the
-material and any call that would reach the dealer raise `PhaseError`. Nothing falls back.
+Online (`online_phase`): the provider checks that each request is the one the trace said comes
+next, then answers it without the dealer: under TTP with the draws of CrypTen's TTP provider
+from the generator shared with the dealer, party 0's dealer-made tensor taken from the material;
+under TFP from the stored shares. A request that does not match, a request beyond the material
+and any call that would reach the dealer raise `PhaseError`. Nothing falls back.
 
 Bit-identical to one phase: the online forward draws the same values from every generator in
 the same order as a one-phase forward (TTP tuples come from the generator shared with the dealer
@@ -75,7 +77,7 @@ class PhasedProvider:
     """Stands in for CrypTen's tuple provider of this party (`install`).
 
     Outside an online phase it calls CrypTen's provider (TFP: with its own generators, see the
-    module docstring). Inside one it serves every request from the material.
+    module docstring). Inside one it answers every request without the dealer (module docstring).
     """
 
     def __init__(self, inner: Any, name: str, device: str):
