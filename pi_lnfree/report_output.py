@@ -9,6 +9,7 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
     OUT/tables/predicted-FAMILY.csv    cost-model predictions at the model's context
     OUT/tables/operators-FAMILY.csv    per-operator bytes / WAN latency and their shares (measured)
     OUT/tables/operators-predicted-FAMILY.csv
+    OUT/tables/phases-FAMILY.csv       offline and online phase costs (measured and predicted)
     OUT/tables/fidelity-FAMILY.csv     secure-eval settings and logit fidelity
     OUT/figures/*.png                  heatmaps, loss curves, entropy/slope dynamics, operator bars
 """
@@ -40,12 +41,14 @@ def slug(text: str) -> str:
 
 
 def family_tables(runs: list) -> dict[str, pd.DataFrame]:
-    """The tables of one family, by kind: main, predicted, operators, operators-predicted, fidelity."""
+    """The tables of one family, by kind: main, predicted, operators, operators-predicted, phases,
+    fidelity."""
     return {
         "main": tb.main_table(runs, "secure"),
         "predicted": tb.cost_table(runs, "cost"),
         "operators": tb.operator_table(runs, "secure"),
         "operators-predicted": tb.operator_table(runs, "cost"),
+        "phases": tb.phase_table(runs),
         "fidelity": tb.fidelity_table(runs),
     }
 
@@ -171,6 +174,8 @@ def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, comma
                   _share_markdown(t["operators"], "secure"), "",
                   "### Share of bytes and WAN latency per operator (predicted)", "",
                   _share_markdown(t["operators-predicted"], "cost"), "",
+                  "### Offline and online phases (offline: before the client's input exists; the TTP dealer "
+                  "is needed only then)", "", tb.to_markdown(t["phases"]), "",
                   "### Secure-eval fidelity (secure vs plaintext logits)", "", tb.to_markdown(t["fidelity"]), "",
                   "### Figures", ""]
         for kind, path in figs.items():

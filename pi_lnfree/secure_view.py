@@ -30,7 +30,9 @@ def print_secure_result(result: dict[str, Any], console) -> None:
     console.print(table)
     pt = result["per_token"]
     console.print(f"per token: {pt['bytes'] / 1e6:,.3f} MB, {pt['rounds']:.1f} rounds, {pt['seconds']:.3f} s local")
-    if result["total"]["dealer_bytes"]:
+    if result.get("phases"):
+        print_phases(result["phases"], console)
+    elif result["total"]["dealer_bytes"]:
         console.print(f"TTP dealer traffic (preprocessing, not in the totals): "
                       f"{result['total']['dealer_bytes'] / 1e6:,.2f} MB in {result['total']['dealer_requests']:,.0f} requests")
     fid = result["fidelity"]
@@ -44,6 +46,34 @@ def print_secure_result(result: dict[str, Any], console) -> None:
     console.print(f"[{style}]security: {result['security']}[/{style}]")
     for flag in result.get("flags") or []:
         console.print(f"[bold yellow]warning:[/bold yellow] {flag}", soft_wrap=True, highlight=False)
+
+
+def _secs(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_phases(phases: dict[str, Any], console) -> None:
+    """The offline (input-independent) and online phases: bytes, rounds, local seconds, LAN/WAN."""
+    from rich.table import Table
+
+    table = Table(title="phases (per sequence): offline before the client's input exists, online after")
+    for col in ("phase", "MB", "rounds", "local s", "LAN s", "WAN s"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for name in ("offline", "online"):
+        ph = phases[name]
+        table.add_row(name, f"{ph['bytes'] / 1e6:,.2f}", f"{ph['rounds']:,.0f}", _secs(ph["seconds"]),
+                      _secs(ph["network"].get("lan")), _secs(ph["network"].get("wan"), 2))
+    console.print(table)
+    off = phases["offline"]
+    if off.get("dealer_bytes"):
+        console.print(f"offline: the TTP dealer's share of {off['requests']:,.0f} tuples, "
+                      f"{off['dealer_bytes'] / 1e6:,.2f} MB to the client in one round trip; "
+                      "the online phase does not contact the dealer")
+    if off.get("material_bytes"):
+        mat = off["material_bytes"]
+        where = {k: "spool file" if v else "memory" for k, v in off.get("spooled", {}).items()}
+        console.print("offline material held per party: " + ", ".join(
+            f"{k} {mat[k] / 1e6:,.1f} MB ({where.get(k, 'memory')})" for k in ("client", "server")))
 
 
 def _limit(v: float | None) -> str:
@@ -85,4 +115,4 @@ def print_prediction(result: dict[str, Any], console) -> None:
                   style="dim", soft_wrap=True)
 
 
-__all__ = ["print_audit", "print_audit_warnings", "print_prediction", "print_secure_result"]
+__all__ = ["print_audit", "print_audit_warnings", "print_phases", "print_prediction", "print_secure_result"]

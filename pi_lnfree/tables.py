@@ -49,7 +49,7 @@ MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, ENTROPY, *COST_COLUMNS)
 # Markdown / terminal formats per column (CSV keeps full precision).
 FORMATS: dict[str, str] = {
     PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", ENTROPY: "{:.1f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
-    LAN: "{:.3g}", WAN: "{:.3g}", SAVE_GB: "{:.2f}x", SAVE_LAN: "{:.2f}x", SAVE_WAN: "{:.2f}x",
+    LAN: "{:.3g}", WAN: "{:.3g}", "local (s)": "{:.3g}", SAVE_GB: "{:.2f}x", SAVE_LAN: "{:.2f}x", SAVE_WAN: "{:.2f}x",
     "bytes (%)": "{:.1f}", "WAN (%)": "{:.1f}", "bytes": "{:,.0f}", "WAN seconds": "{:.3g}",
     "top-1 agreement": "{:.3f}", "max |logit error|": "{:.3g}", "mean |logit error|": "{:.3g}",
     "plain PPL": "{:.3f}", "secure PPL": "{:.3f}", "T": "{:d}", "samples": "{:d}",
@@ -201,6 +201,27 @@ def operator_table(runs: Sequence, piece: str = "secure", network: str = "wan") 
     return pd.DataFrame(rows, columns=[CONFIG, "category", "bytes", "rounds", "WAN seconds", "bytes (%)", "WAN (%)"])
 
 
+PHASE_COLUMNS = (CONFIG, "source", "phase", GB, ROUNDS, "local (s)", LAN, WAN)
+
+
+def phase_table(runs: Sequence) -> pd.DataFrame:
+    """Per configuration, measured (secure-eval) then predicted (cost model): the offline phase
+    (input-independent preprocessing) and the online phase, GB on the wire, rounds, local
+    seconds, LAN and WAN latency. Results without phases are left out."""
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        for piece, source in (("secure", "measured"), ("cost", "predicted")):
+            phases = (run.pieces.get(piece) or {}).get("phases")
+            for phase in ("offline", "online") if phases else ():
+                ph = phases[phase]
+                net = ph.get("network") or {}
+                rows.append({
+                    CONFIG: name, "source": source, "phase": phase, GB: float(ph["bytes"]) / 1e9,
+                    ROUNDS: float(ph["rounds"]), "local (s)": ph["seconds"], LAN: net.get("lan"), WAN: net.get("wan"),
+                })
+    return pd.DataFrame(rows, columns=list(PHASE_COLUMNS))
+
+
 def operator_share_wide(long: pd.DataFrame) -> pd.DataFrame:
     """Categories as rows, one "bytes % / WAN %" column per configuration (for markdown)."""
     if long.empty:
@@ -291,7 +312,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    align = ["---" if c in (CONFIG, "category", "protocol") else "--:" for c in cols]
+    align = ["---" if c in (CONFIG, "category", "protocol", "source", "phase") else "--:" for c in cols]
     lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -56,7 +56,7 @@ def test_every_table_and_figure_file(computed):
     summary, out = computed
     for name in ("report.md", "report.csv", "report.json"):
         assert (out / name).is_file()
-    for kind in ("main", "predicted", "operators", "operators-predicted", "fidelity"):
+    for kind in ("main", "predicted", "operators", "operators-predicted", "phases", "fidelity"):
         assert (out / "tables" / f"{kind}-tiny.csv").is_file()
     figs = summary["figures"]["tiny"]
     for kind in ("entropy heatmaps", "loss curves", "entropy dynamics", "slope dynamics", "operator costs (predicted)"):
@@ -109,6 +109,13 @@ def test_savings_and_percentages_by_hand(computed, run_dirs):
     assert ((shares - 100.0).abs() < 1e-9).all().all()
     ln = ops[(ops[tb.CONFIG] == "SM+LN+G") & (ops["category"] == "layernorm")].iloc[0]
     assert math.isclose(ln["bytes (%)"], 100 * base_c["ops"]["layernorm"]["bytes"] / base_c["total"]["bytes"])
+    # the phase column: predicted offline (TFP: nothing on the wire) and online (= the totals)
+    phases = pd.read_csv(out / "tables" / "phases-tiny.csv")
+    base = phases[phases[tb.CONFIG] == "SM+LN+G"].set_index("phase")
+    assert list(phases["source"].unique()) == ["predicted"]  # secure-eval was skipped
+    assert base.loc["offline", tb.GB] == 0 and base.loc["offline", tb.ROUNDS] == 0
+    assert math.isclose(base.loc["online", tb.GB], base_c["total"]["bytes"] / 1e9, rel_tol=1e-12)
+    assert base.loc["online", tb.ROUNDS] == base_c["total"]["rounds"]
 
 
 def test_helpers_by_hand():

@@ -103,6 +103,28 @@ def test_result_shape_and_metering_totals(runs):
             assert net["seconds"] == pytest.approx(sum(net["ops"].values()))
 
 
+def test_two_phases_in_the_result(runs):
+    for key, provider in (("gelu", "TFP"), ("relu", "TTP")):
+        r = runs[key]
+        off, on = r["phases"]["offline"], r["phases"]["online"]
+        # the online phase is the forward between the parties: the totals, unchanged
+        assert on["bytes"] == r["total"]["bytes"] and on["rounds"] == r["total"]["rounds"]
+        assert on["seconds"] == pytest.approx(r["total"]["seconds"])
+        # offline: the dealer's share of every tuple, in one round trip (TTP); nothing on the wire (TFP)
+        assert off["bytes"] == off["dealer_bytes"] == r["total"]["dealer_bytes"]
+        assert off["rounds"] == (1 if provider == "TTP" else 0)
+        assert off["requests"] > 0 and off["seconds"] > 0
+        material = off["material_bytes"]
+        if provider == "TTP":
+            assert off["bytes"] > 0 and r["total"]["dealer_requests"] == off["requests"]
+            assert material == {"client": off["dealer_bytes"], "server": 0}
+        else:
+            assert off["bytes"] == 0 and material["client"] == material["server"] > 0
+        for name, (bw, rtt) in {"lan": (3e9, 0.3e-3), "wan": (1e8, 80e-3)}.items():
+            for ph in (off, on):
+                assert ph["network"][name] == pytest.approx(ph["seconds"] + ph["rounds"] * rtt + ph["bytes"] * 8 / bw)
+
+
 def test_both_variants_run_fast_and_faithfully(runs):
     assert runs["gelu_s"] < 60 and runs["relu_s"] < 60  # process start and imports included
     for key in ("gelu", "relu"):

@@ -6,7 +6,9 @@ tiny shapes that pin down the byte and round coefficients exactly, and a few lar
 local-compute estimate. Each call is metered on its own (`Meter`, combined over both parties as
 secure-eval does), then `fit` regresses the measurements on the shape features of
 `pi_lnfree.secure.costmodel.features`: least squares for bytes and dealer bytes, integer
-coefficients for rounds and dealer requests, non-negative least squares for seconds. A kind whose
+coefficients for rounds and dealer requests, non-negative least squares for seconds (the online
+phase's local compute) and offline seconds (making the call's tuples). Every item runs in two
+phases, as `secure-eval` does: its request trace, the offline phase, the metered online call. A kind whose
 bytes or rounds the features do not explain exactly is an error (the engine changed in a way the
 cost model does not know), never a silent approximation.
 
@@ -31,6 +33,7 @@ from pi_lnfree.secure.costmodel import (
     FIELD_GROUP,
     GROUPS,
     INTEGER_FIELDS,
+    TIME_FIELDS,
     Calibration,
     KindFit,
     calibration_path,
@@ -93,73 +96,78 @@ def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]
 # inside the party processes
 
 
-def _share(shape, src: int, rank: int, scale: float = 0.5, positive: bool = False):
-    """Secret-share a tensor of `shape` held by party `src` (random values; costs ignore them)."""
+def _share(shape, src: int, rank: int, scale: float = 0.5, positive: bool = False, device=None):
+    """Secret-share a tensor of `shape` held by party `src` (random values; costs ignore them;
+    data-less on the `meta` device, where a request trace runs)."""
     import torch
 
     from pi_lnfree.secure import crypten_compat
 
-    if rank == src:
-        t = torch.rand(shape) + 0.5 if positive else torch.randn(shape) * scale
+    if rank != src or str(device) == "meta":
+        t = torch.zeros(shape, device=device)
     else:
-        t = torch.zeros(shape)
-    return crypten_compat.cryptensor(t, src=src)
+        t = torch.rand(shape) + 0.5 if positive else torch.randn(shape) * scale
+    return crypten_compat.cryptensor(t, src=src, device=device)
 
 
 def _run_call(ops, kind: str, dims: dict[str, int], rank: int):
-    """Share inputs of the right shapes (outside the meter), then run one metered primitive."""
+    """Share inputs of the right shapes on `ops.device` (outside the meter), then return the
+    thunk that runs one metered primitive."""
+    from functools import partial
+
+    share = partial(_share, device=ops.device)
     g = dims.get
     if kind == "embedding":
-        table = _share((g("V"), g("d")), SERVER, rank)
-        pos = _share((g("T"), g("d")), SERVER, rank) if g("pos") else None
-        x = _share((1, g("T"), g("V")), CLIENT, rank)
+        table = share((g("V"), g("d")), SERVER, rank)
+        pos = share((g("T"), g("d")), SERVER, rank) if g("pos") else None
+        x = share((1, g("T"), g("V")), CLIENT, rank)
         return lambda: ops.embedding(x, table, pos)
     if kind in ("linear", "lm_head"):
         n_in, n_out = (g("i"), g("o")) if kind == "linear" else (g("d"), g("V"))
-        w = _share((n_out, n_in), SERVER, rank).t()
-        x = _share((1, g("T"), n_in), CLIENT, rank)
+        w = share((n_out, n_in), SERVER, rank).t()
+        x = share((1, g("T"), n_in), CLIENT, rank)
         if kind == "lm_head":
             return lambda: ops.lm_head(x, w, reveal_to=CLIENT)
-        b = _share((n_out,), SERVER, rank) if g("bias") else None
+        b = share((n_out,), SERVER, rank) if g("bias") else None
         return lambda: ops.linear(x, w, b)
     if kind in ("attention_scores", "attention_mix"):
         H, T, hd = g("H"), g("T"), g("hd")
-        v = _share((1, H, T, hd), CLIENT, rank)
+        v = share((1, H, T, hd), CLIENT, rank)
         if kind == "attention_scores":
-            k = _share((1, H, T, hd), CLIENT, rank)
+            k = share((1, H, T, hd), CLIENT, rank)
             return lambda: ops.attention_scores(v, k)
-        p = _share((1, H, T, T), CLIENT, rank, positive=True)
+        p = share((1, H, T, T), CLIENT, rank, positive=True)
         return lambda: ops.attention_mix(p, v)
     if kind == "softmax":
-        s = _share((1, g("H"), g("T"), g("T")), CLIENT, rank, scale=2.0)
+        s = share((1, g("H"), g("T"), g("T")), CLIENT, rank, scale=2.0)
         return lambda: ops.softmax(s)
     if kind == "layernorm":
-        x = _share((1, g("T"), g("d")), CLIENT, rank)
-        gamma, beta = _share((g("d"),), SERVER, rank), _share((g("d"),), SERVER, rank)
+        x = share((1, g("T"), g("d")), CLIENT, rank)
+        gamma, beta = share((g("d"),), SERVER, rank), share((g("d"),), SERVER, rank)
         return lambda: ops.layernorm(x, gamma, beta, 1e-5)
     if kind == "dyt":
-        x = _share((1, g("T"), g("d")), CLIENT, rank)
-        alpha, gamma, beta = (_share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
+        x = share((1, g("T"), g("d")), CLIENT, rank)
+        alpha, gamma, beta = (share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
         return lambda: ops.dyt(x, alpha, gamma, beta)
     if kind.startswith("activation:"):
         name = kind.split(":", 1)[1]
-        x = _share((1, g("T"), g("n")), CLIENT, rank, scale=2.0)
-        slope = _share((1,), SERVER, rank, scale=0.05)[0] if name == "learnable_leaky" else 0.01
+        x = share((1, g("T"), g("n")), CLIENT, rank, scale=2.0)
+        slope = share((1,), SERVER, rank, scale=0.05)[0] if name == "learnable_leaky" else 0.01
         return lambda: ops.activation(x, name, slope)
     if kind == "other":
-        a, b = _share((g("n"),), CLIENT, rank), _share((g("n"),), CLIENT, rank)
+        a, b = share((g("n"),), CLIENT, rank), share((g("n"),), CLIENT, rank)
         return lambda: ops.other(lambda u, w: u + w, a, b)
     raise ValueError(f"unknown primitive kind {kind!r}")
 
 
-def _run_model(item: dict[str, Any], profile, rank: int, stats):
-    """A whole secure forward (`forward`) or one block (`block`) of a config with random weights."""
+def _model_builder(item: dict[str, Any], profile, rank: int):
+    """`build(meter, device)` for a whole secure forward (`forward`) or one block (`block`) of a
+    config with random weights: shares the inputs, returns the thunk that runs it."""
     import torch
 
     from pi_lnfree.config import ModelConfig
     from pi_lnfree.model import GPT
     from pi_lnfree.secure.backends.crypten_ops import CryptenOps
-    from pi_lnfree.secure.meter import Meter
     from pi_lnfree.secure.structure import Decoder, load_weights
 
     cfg = ModelConfig.from_dict(item["config"])
@@ -168,39 +176,62 @@ def _run_model(item: dict[str, Any], profile, rank: int, stats):
     if rank == SERVER:
         torch.manual_seed(int(item.get("seed", 0)))
         state = GPT(cfg).state_dict()
-    meter = Meter(stats)
-    ops = CryptenOps(meter, profile)
-    weights = load_weights(cfg, state, ops)
-    if item["type"] == "forward":
-        tokens = torch.randint(0, cfg.vocab_size, (T,)) if rank == CLIENT else None
-        x = ops.tokens(tokens, T, cfg.vocab_size)
-    else:
-        x = _share((1, T, cfg.n_embd), CLIENT, rank)
-    model = Decoder(cfg, weights, ops)
-    with meter.span():
-        model.forward(x) if item["type"] == "forward" else model.block(int(item.get("layer", 0)), x)
-    return meter.state()
+
+    def build(meter, device):
+        ops = CryptenOps(meter, profile, device)
+        real = str(device) != "meta"
+        weights = load_weights(cfg, state if real else None, ops)
+        model = Decoder(cfg, weights, ops)
+        if item["type"] == "forward":
+            tokens = torch.randint(0, cfg.vocab_size, (T,)) if rank == CLIENT and real else None
+            x = ops.tokens(tokens, T, cfg.vocab_size)
+            return lambda: model.forward(x)
+        x = _share((1, T, cfg.n_embd), CLIENT, rank, device=device)
+        return lambda: model.block(int(item.get("layer", 0)), x)
+
+    return build
+
+
+def _measure_two_phase(build, profile, rank: int) -> dict[str, Any]:
+    """One item in two phases: its request trace (`build(meter, META)` on data-less tensors), the
+    offline phase, then `build(meter, cpu)`'s thunk metered in the online phase. This party's
+    meter state (dealer traffic attributed as a one-phase run meters it) with its `offline` cost."""
+    from pi_lnfree.secure import crypten_compat, phases
+    from pi_lnfree.secure.meter import Meter
+    from pi_lnfree.secure.tuples import META, record_trace
+
+    trace = record_trace(lambda m: build(m, META)(), rank)
+    phases.check_same_trace(trace)
+    meter = Meter(crypten_compat.meter_stats)
+    thunk = build(meter, "cpu")
+
+    def online():
+        with meter.span():
+            thunk()
+
+    _, offline = phases.offline_then_online(trace, online)
+    state = meter.state()
+    if profile.provider == "TTP" and rank == CLIENT:
+        phases.attribute_dealer(state, trace)
+    return {**state, "offline": offline.to_dict()}
 
 
 def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Run every item (each `repeat` times); this party's meter states per item."""
-    from pi_lnfree.secure import crypten_compat
+    """Run every item (each `repeat` times) in two phases; this party's states per item."""
+    from pi_lnfree.secure import phases
     from pi_lnfree.secure.backends.crypten_ops import CryptenOps
-    from pi_lnfree.secure.meter import Meter
 
+    phases.install()
     out = []
     for item in items:
-        states = []
         if item["type"] == "call":
-            for _ in range(int(item.get("repeat", 1))):
-                meter = Meter(crypten_compat.meter_stats)
-                fn = _run_call(CryptenOps(meter, profile), item["kind"], item["dims"], rank)
-                with meter.span():
-                    fn()
-                states.append(meter.state())
+            def build(meter, device, item=item):
+                return _run_call(CryptenOps(meter, profile, device), item["kind"], item["dims"], rank)
+
+            repeats = int(item.get("repeat", 1))
         else:
-            states.append(_run_model(item, profile, rank, crypten_compat.meter_stats))
-        out.append(states)
+            build, repeats = _model_builder(item, profile, rank), 1
+        out.append([_measure_two_phase(build, profile, rank) for _ in range(repeats)])
     return out
 
 
@@ -209,12 +240,14 @@ def party_program(job) -> list[list[dict[str, Any]]] | None:
     the combined meter states per item and repeat, the server None."""
     from pi_lnfree.secure import crypten_compat
     from pi_lnfree.secure.meter import combine_parties
+    from pi_lnfree.secure.phases import combine_offline
 
     mine = _party_items(job.rank, job.profile, job.payload)
     theirs = crypten_compat.exchange_json(mine if job.rank == SERVER else None, src=SERVER)
     if job.rank != CLIENT:
         return None
-    return [[combine_parties(c, s) for c, s in zip(cs, ss, strict=True)] for cs, ss in zip(mine, theirs, strict=True)]
+    return [[{**combine_parties(c, s), "offline": combine_offline(c["offline"], s["offline"])}
+             for c, s in zip(cs, ss, strict=True)] for cs, ss in zip(mine, theirs, strict=True)]
 
 
 def measure(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: float = 120.0) -> list[list[dict]]:
@@ -256,7 +289,7 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
         a = rows[group]
         y = np.asarray([rec[fld] for _, rec in points], dtype=np.float64)
         scale = np.maximum(np.abs(a).max(axis=0), 1.0)
-        if fld == "seconds":
+        if fld in TIME_FIELDS:
             c = _nnls(a / scale, y) / scale
         else:
             c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
@@ -283,11 +316,12 @@ def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[li
     for item, states in zip(items, measured, strict=True):
         if item["type"] != "call":
             continue
-        recs = [s["ops"][_category(item["kind"])] for s in states]
+        recs = [dict(s["ops"][_category(item["kind"])], offline_seconds=s["offline"]["seconds"]) for s in states]
         for rec in recs[1:]:
             if any(rec[f] != recs[0][f] for f in EXACT_FIELDS):
                 raise UserError(f"calibration: {item['kind']} at {item['dims']} cost differently on repeat")
-        best = dict(recs[0], seconds=min(r["seconds"] for r in recs))
+        best = dict(recs[0], seconds=min(r["seconds"] for r in recs),
+                    offline_seconds=min(r["offline_seconds"] for r in recs))
         by_kind.setdefault(item["kind"], []).append((item["dims"], best))
     kinds = {k: fit_kind(k, pts, profile.max_method) for k, pts in by_kind.items()}
     return Calibration(profile_knobs(profile), kinds)

@@ -24,6 +24,10 @@ metered primitives of its backend, so its cost is the sum of the costs of those 
    fidelity, with `"predicted": true`. Bytes and rounds are exact up to the fit; seconds are an
    estimate of local compute on the calibration machine; LAN/WAN latency uses the same network
    model as secure-eval (`meter.network_estimate`).
+5. Both phases (`pi_lnfree.secure.phases`): the online phase is the per-category sum above; the
+   offline phase is the dealer's share of every tuple (the calibrated `dealer_bytes`, exact) in
+   one round trip under TTP, nothing on the wire under TFP, and `offline_seconds`, fitted like
+   `seconds` on the time features from the offline phase of each calibration call.
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ FORMAT = 2
 GROUPS = ("size", "count", "time")
 # which feature group each metered field is fitted on
 FIELD_GROUP = {"bytes": "size", "dealer_bytes": "size", "rounds": "count", "dealer_requests": "count",
-               "seconds": "time"}
+               "seconds": "time", "offline_seconds": "time"}
+TIME_FIELDS = ("seconds", "offline_seconds")  # estimates (non-negative fits), not exact counts
+# fields of the meter's per-category records (`offline_seconds` is a phase total, not per category)
+OPS_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests", "seconds")
 INTEGER_FIELDS = ("rounds", "dealer_requests")
 ACTIVATION_KINDS = ACTIVATIONS  # one calibrated kind per FFN activation: activation:<name>
 PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
@@ -312,8 +319,9 @@ class Calibration:
             raise UserError(f"calibration {self.path} does not match profile {profile.name} ({pairs}); "
                             f"run pi-lnfree cost --calibrate {profile.path or profile.name}")
 
-    def call_cost(self, call: Call) -> dict[str, float]:
-        """Predicted bytes, rounds, seconds and dealer traffic of one call."""
+    def call_cost(self, call: Call) -> dict[str, float | None]:
+        """Predicted bytes, rounds, seconds, dealer traffic and offline seconds of one call
+        (`offline_seconds` None for a calibration made before calls ran in two phases)."""
         fit = self.kinds.get(call.kind)
         if fit is None:
             raise UserError(f"calibration {self.path} has no unit costs for {call.kind}; recalibrate")
@@ -321,10 +329,13 @@ class Calibration:
         fit.check_span(call.kind, feats)
         out: dict[str, float] = {}
         for fld, group in FIELD_GROUP.items():
+            if fld not in fit.coef:
+                out[fld] = None
+                continue
             x = [feats[group][n] for n in fit.features[group]]
             value = float(np.dot(np.asarray(fit.coef[fld], dtype=np.float64), np.asarray(x, dtype=np.float64)))
             # counters are whole numbers (bytes: multiples of 4 once both parties are halved)
-            out[fld] = float(max(round(value), 0)) if fld != "seconds" else max(value, 0.0)
+            out[fld] = float(max(round(value), 0)) if fld not in TIME_FIELDS else max(value, 0.0)
         return out
 
 
@@ -348,20 +359,33 @@ def load_calibration(profile: ProtocolProfile, path: str | Path | None = None) -
 def predict_ops(calls: list[Call], cal: Calibration) -> dict[str, dict[str, float]]:
     """Sum the predicted cost of `calls` per operator category (the meter's `ops` records)."""
     ops = empty_ops()
-    counts = Counter(calls)
-    for call, n in counts.items():
+    for call, n in Counter(calls).items():
         cost = cal.call_cost(call)
         rec = ops[call.category]
-        for fld in FIELD_GROUP:
+        for fld in OPS_FIELDS:
             rec[fld] += n * cost[fld]
         rec["calls"] += n
     return ops
 
 
-def predicted_state(calls: list[Call], cal: Calibration) -> dict[str, Any]:
-    """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it."""
+def predict_offline(calls: list[Call], cal: Calibration, provider: str) -> dict[str, Any]:
+    """The offline phase of a forward of `calls` (`phases.combine_offline`'s fields): the dealer's
+    bytes in one round trip under TTP (nothing on the wire under TFP), the tuples, and the
+    offline seconds (None when the calibration has no offline unit costs). Under TFP the number
+    of tuples is not part of the calibration (None)."""
+    costs = [(cal.call_cost(call), n) for call, n in Counter(calls).items()]
+    dealer = sum(n * c["dealer_bytes"] for c, n in costs)
+    requests = sum(n * c["dealer_requests"] for c, n in costs)
+    seconds = None if any(c["offline_seconds"] is None for c, _ in costs) else sum(n * c["offline_seconds"] for c, n in costs)
+    return {"bytes": dealer, "rounds": int(provider == "TTP" and requests > 0), "seconds": seconds,
+            "dealer_bytes": dealer, "requests": requests if provider == "TTP" else None}
+
+
+def predicted_state(calls: list[Call], cal: Calibration, provider: str = "TTP") -> dict[str, Any]:
+    """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it, with
+    the predicted `offline` phase."""
     ops = predict_ops(calls, cal)
-    return {"ops": ops, "span": total_of(ops)}
+    return {"ops": ops, "span": total_of(ops), "offline": predict_offline(calls, cal, provider)}
 
 
 def predict(
@@ -381,7 +405,7 @@ def predict(
     check_supported(cfg, profile, seq_len)
     cal = cal if cal is not None else load_calibration(profile)
     networks = networks if networks is not None else load_networks()
-    state = predicted_state(trace(cfg, seq_len), cal)
+    state = predicted_state(trace(cfg, seq_len), cal, profile.provider)
     result = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         **cost_result(cfg, profile, [state], seq_len, 1, "none needed: costs depend on shapes only", networks),

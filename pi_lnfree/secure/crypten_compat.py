@@ -10,7 +10,8 @@ CrypTen 0.4.1 (archived upstream) predates torch 2.x:
   the c10d module before CrypTen creates its groups. The phases that clock does not bound as a
   whole (connecting, metadata exchanges) run under the process's `watchdog` when one is installed.
 * CrypTen's TTP dealer treats any communication error as the end of the session and returns
-  normally; `run_dealer` tells a dealer that party 0 released from one whose party 0 vanished.
+  normally; `pi_lnfree.secure.dealer.serve` tells a dealer that party 0 released from one whose
+  party 0 vanished.
 * With the TTP provider, party 0 asks the dealer for every triple through the same communicator
   that counts the parties' traffic; `init_party` wraps that request so the dealer's traffic is
   counted apart (`dealer_stats`) and never mixed into the two parties' online bytes.
@@ -29,7 +30,6 @@ from __future__ import annotations
 import os
 import sys
 import types
-import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -186,43 +186,6 @@ def init_party(rank: int, world_size: int, timeout_s: float, master_addr: str, m
         _meter_dealer_requests()
 
 
-def run_dealer() -> None:
-    """Serve triples as the TTP dealer until party 0 says it is done (blocks; call after
-    `init_party` with the dealer's rank).
-
-    CrypTen's `TTPServer` returns normally on any RuntimeError of its requests loop (a peer that
-    died, a receive that timed out); that error is re-raised here, and a loop that ended without
-    party 0's "terminate" raises ConnectionError.
-    """
-    crypten = get_crypten()
-    communicator = crypten.communicator.get()
-    original = communicator.recv_obj
-    ended: dict[str, Any] = {"terminated": False, "error": None}
-
-    def recv_obj(*args, **kwargs):
-        try:
-            obj = original(*args, **kwargs)
-        except RuntimeError as e:
-            ended["error"] = e
-            raise
-        ended["terminated"] = isinstance(obj, str) and obj == "terminate"
-        return obj
-
-    communicator.recv_obj = recv_obj
-    try:
-        with warnings.catch_warnings():
-            # TTPServer calls crypten.init() again; `init_party` already did.
-            warnings.filterwarnings("ignore", message="CrypTen is already initialized")
-            crypten.mpc.provider.TTPServer()
-    finally:
-        communicator.recv_obj = original
-    if ended["terminated"]:
-        return
-    if ended["error"] is not None:
-        raise ended["error"]
-    raise ConnectionError("party 0 stopped requesting triples without ending the session")
-
-
 def shutdown() -> None:
     """Leave the process group (party 0 also stops the dealer)."""
     crypten = get_crypten()
@@ -294,7 +257,6 @@ __all__ = [
     "init_party",
     "install_fast_matmul",
     "reset_comm_stats",
-    "run_dealer",
     "shutdown",
 ]
 

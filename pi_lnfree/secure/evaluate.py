@@ -11,6 +11,11 @@ Party programs (`party_program`, run inside each party's process):
   logits; it combines both parties' meter readings.
 * dealer (rank 2, TTP only): serves triples to party 0 until told to stop.
 
+Each sequence runs in two phases (`pi_lnfree.secure.phases`): both parties derive the forward's
+request list from the public shapes once, then per sequence an offline phase makes all its
+correlated randomness (under TTP: one round trip from party 0 to the dealer) before the client's
+tokens are shared, and the metered online forward consumes it without contacting the dealer.
+
 Metadata goes between the parties as JSON (`crypten_compat.exchange_json`), never pickled, and
 outside the metered traffic. The plaintext reference logits are computed by the caller, where
 the checkpoint is readable (locally: the parent process, which is not a party).
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import UserError
-from pi_lnfree.secure import crypten_compat
+from pi_lnfree.secure import crypten_compat, phases
 from pi_lnfree.secure.backends.crypten_ops import CryptenOps
 from pi_lnfree.secure.meter import Meter, combine_parties
 from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks
@@ -93,22 +98,38 @@ def party_program(job: PartyJob) -> dict[str, Any]:
     return _client_program(job)
 
 
-def _forward_passes(cfg, weights, profile, n, seq_len, tokens, device, capture=False):
-    """Run `n` metered secure forwards; (meter states, client logits or None, server view)."""
+def _forward_passes(cfg, weights, job: PartyJob, n, seq_len, tokens, capture=False):
+    """Run `n` secure forwards, each an offline phase then the metered online forward; (meter
+    states, each with its `offline` phase cost, client logits or None, server view, seconds spent
+    deriving the request list)."""
+    profile, device = job.profile, job.device
+    t0 = time.perf_counter()
+    trace = phases.model_trace(cfg, profile, seq_len, job.rank)
+    trace_s = time.perf_counter() - t0
+    phases.install(device)
+    phases.check_same_trace(trace)
     states, logits, view = [], [], None
     for i in range(n):
         meter = Meter(crypten_compat.meter_stats)
         ops = CryptenOps(meter, profile, device)
         model = Decoder(cfg, weights, ops)
-        onehot = ops.tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size)
-        if capture and i == 0:
-            view = {"onehot_share": onehot.share.detach().cpu().clone()}
-        with meter.span():
-            out = model.forward(onehot)
-        states.append(meter.state())
+
+        def online(i=i, ops=ops, model=model, meter=meter):
+            nonlocal view
+            onehot = ops.tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size)
+            if capture and i == 0:
+                view = {"onehot_share": onehot.share.detach().cpu().clone()}
+            with meter.span():
+                return model.forward(onehot)
+
+        out, offline = phases.offline_then_online(trace, online)
+        state = meter.state()
+        if profile.provider == "TTP" and job.rank == CLIENT:
+            phases.attribute_dealer(state, trace)
+        states.append({**state, "offline": offline.to_dict()})
         if out is not None:
             logits.append(out[0].float().cpu())
-    return states, (torch.stack(logits) if logits else None), view
+    return states, (torch.stack(logits) if logits else None), view, trace_s
 
 
 def _server_program(job: PartyJob) -> dict[str, Any]:
@@ -123,9 +144,8 @@ def _server_program(job: PartyJob) -> dict[str, Any]:
         raise PartyFailure(f"the client stopped: {meta['error']}")
     weights = load_weights(cfg, model.state_dict(), CryptenOps(None, job.profile, job.device))
     del model
-    states, _, view = _forward_passes(
-        cfg, weights, job.profile, meta["samples"], meta["seq_len"], None, job.device, job.capture_server_view
-    )
+    states, _, view, _ = _forward_passes(cfg, weights, job, meta["samples"], meta["seq_len"], None,
+                                         job.capture_server_view)
     crypten_compat.exchange_json(states, src=SERVER)
     return {"role": "server", "view": view}
 
@@ -146,9 +166,10 @@ def _client_program(job: PartyJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     weights = load_weights(cfg, None, CryptenOps(None, job.profile, job.device))
     setup_s = time.perf_counter() - t0
-    states, logits, _ = _forward_passes(cfg, weights, job.profile, n, T, tokens, job.device)
+    states, logits, _, trace_s = _forward_passes(cfg, weights, job, n, T, tokens)
     server_states = crypten_compat.exchange_json(None, src=SERVER)
-    passes = [combine_parties(c, s) for c, s in zip(states, server_states, strict=True)]
+    passes = [{**combine_parties(c, s), "offline": phases.combine_offline(c["offline"], s["offline"])}
+              for c, s in zip(states, server_states, strict=True)]
     return {
         "role": "client",
         "config": cfg.to_dict(),
@@ -159,6 +180,7 @@ def _client_program(job: PartyJob) -> dict[str, Any]:
         "client_states": states,
         "server_states": server_states,
         "weight_sharing_seconds": setup_s,
+        "trace_seconds": trace_s,
     }
 
 
@@ -231,6 +253,7 @@ def assemble_result(
         "flags": flags,
         "parties": {"mode": mode, "world_size": 2, "dealer": profile.provider == "TTP"},
         "weight_sharing_seconds": client["weight_sharing_seconds"],
+        "trace_seconds": client["trace_seconds"],
         "wall_seconds": wall_s,
     }
 

@@ -90,6 +90,11 @@ class Meter:
         finally:
             self._active = None
 
+    @property
+    def active(self) -> str | None:
+        """The category being metered right now (None outside every `op`)."""
+        return self._active
+
     def span(self):
         """Measure a whole forward pass with the raw counters (for the attribution check)."""
         return self._record(self.span_total)

@@ -140,8 +140,9 @@ def run_party(job: PartyJob, on_expire: Callable[[str], None] = _exit_with_messa
         with dog.phase(f"connecting to the parties at {job.master_addr}:{job.master_port}"):
             crypten_compat.init_party(job.rank, job.world_size, job.timeout_s, job.master_addr, job.master_port)
         if job.rank == DEALER:
-            crypten_compat.run_dealer()
-            return {"role": "dealer"}
+            from pi_lnfree.secure import dealer
+
+            return {"role": "dealer", "served": dealer.serve()}
         if not job.program:
             raise ValueError("PartyJob.program names no party program (module:function)")
         module, _, name = job.program.partition(":")
