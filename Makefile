@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The SPU engine (SecretFlow SPU) runs in its own environment: spu 0.9.5 pins numpy<2 and
 # jax[cpu]<=0.4.34 and has wheels for Python 3.10-3.11 only, so it cannot share .venv (numpy 2).
 # The main process starts the SPU parties with this interpreter; nothing in .venv changes.
+# torch (CPU build) is there because the parties run the decoder structure and read checkpoints.
 SPU_PYTHON ?= $(PYTHON)
 SPU_VENV   ?= .venv-spu
 SPU_PY     := $(SPU_VENV)/bin/python
@@ -48,7 +49,8 @@ $(SPU_STAMP):
 		{ echo "make spu: spu 0.9.5 needs Python 3.10 or 3.11; run: make spu SPU_PYTHON=python3.11"; exit 2; }
 	$(SPU_PYTHON) -m venv $(SPU_VENV)
 	$(SPU_PY) -m pip install -q spu==0.9.5
-	$(SPU_PY) -c "import spu, jax, numpy; print('spu', spu.__version__, 'jax', jax.__version__, 'numpy', numpy.__version__)"
+	$(SPU_PY) -m pip install -q torch==2.13.0
+	$(SPU_PY) -c "import spu, jax, numpy; import torch; print('spu', spu.__version__, 'jax', jax.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
 	touch $(SPU_STAMP)
 
 spu: $(SPU_STAMP)
