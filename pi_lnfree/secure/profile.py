@@ -54,6 +54,10 @@ SPU_PROTOCOLS = {"SEMI2K": 2, "CHEETAH": 2, "ABY3": 3}  # protocol -> number of 
 SPU_FIELDS = ("FM64", "FM128")
 SPU_EXP_MODES = ("taylor", "pade")
 SPU_SIGMOID_MODES = ("real", "mm1", "seg3")
+SPU_DEFAULTS = {
+    "spu_protocol": "SEMI2K", "spu_field": "FM64", "spu_exp_mode": "taylor", "spu_exp_iters": 8,
+    "spu_sigmoid_mode": "real", "spu_div_iters": 2, "spu_lower_accuracy_rsqrt": False,
+}
 GELU_METHODS = ("erf", "tanh", "sigmoid")
 INV_SQRT_METHODS = ("ranged", "crypten")
 MAX_METHODS = ("log_reduction", "double_log_reduction", "accelerated_cascade", "pairwise")
@@ -89,13 +93,15 @@ class ProtocolProfile:
     sqrt_nr_iters: int = 3
     erf_iterations: int = 8
     sigmoid_tanh_method: str = "reciprocal"
-    spu_protocol: str = "SEMI2K"
-    spu_field: str = "FM64"
-    spu_exp_mode: str = "taylor"
-    spu_exp_iters: int = 8
-    spu_sigmoid_mode: str = "real"
-    spu_div_iters: int = 2
-    spu_lower_accuracy_rsqrt: bool = False
+    # engine "spu" only (None under crypten, so CrypTen calibrations do not depend on them);
+    # `profile_from_dict` fills the defaults `SPU_DEFAULTS`
+    spu_protocol: str | None = None
+    spu_field: str | None = None
+    spu_exp_mode: str | None = None
+    spu_exp_iters: int | None = None
+    spu_sigmoid_mode: str | None = None
+    spu_div_iters: int | None = None
+    spu_lower_accuracy_rsqrt: bool | None = None
     path: str | None = None
 
     @property
@@ -225,6 +231,8 @@ def profile_from_dict(data: dict[str, Any], path: str | None = None) -> Protocol
         if foreign:
             names = [k[4:] if k.startswith("spu_") else k for k in foreign]
             raise UserError(f"{where}: {names} apply to engine {other!r} only, not {engine!r}")
+    if engine == "spu":
+        flat = {**SPU_DEFAULTS, **flat}
     try:
         profile = ProtocolProfile(**flat, path=path)
     except TypeError as e:
