@@ -200,8 +200,11 @@ def launch_local(
         return {rank: _read_result(outs[rank])["value"] for rank in procs}
 
 
-def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int, str]:
-    """Wait for all processes; rank -> error line for every party that failed or was killed."""
+def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float, read: Callable = _read_result,
+           label: Callable[[int], str] = party_label) -> dict[int, str]:
+    """Wait for all processes; rank -> error line for every party that failed or was killed.
+    `read(path)` gives a finished party's {"kind": "ok"|"error", "value"} (None if absent);
+    `label(rank)` names a party in the messages."""
     errors: dict[int, str] = {}
     failed_at: float | None = None
     while True:
@@ -209,11 +212,11 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int
             code = p.poll()
             if code is None or r in errors:
                 continue
-            res = _read_result(outs[r])
+            res = read(outs[r])
             if res is not None and res["kind"] == "error":
                 errors[r] = res["value"].splitlines()[0]
             elif code != 0 or res is None:
-                errors[r] = f"{party_label(r)} {_exit_text(code)}"
+                errors[r] = f"{label(r)} {_exit_text(code)}"
         if errors and failed_at is None:
             failed_at = time.monotonic()
         alive = [r for r, p in procs.items() if p.poll() is None]
@@ -222,7 +225,7 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int
         if failed_at is not None and time.monotonic() - failed_at > timeout_s:
             for r in alive:
                 procs[r].kill()
-                errors[r] = f"{party_label(r)} did not stop within {timeout_s:g} s after its peer failed; killed"
+                errors[r] = f"{label(r)} did not stop within {timeout_s:g} s after its peer failed; killed"
             return errors
         time.sleep(poll_s)
 
