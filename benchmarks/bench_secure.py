@@ -261,8 +261,9 @@ def profile_forward(kind: str, seq_len: int, mode: str) -> dict:
     from pi_lnfree.checkpoint import load_model
     from pi_lnfree.secure import crypten_compat
     from pi_lnfree.secure.evaluate import assemble_result, make_tokens
-    from pi_lnfree.secure.parties import DEALER, PartyJob, free_port, launch_local
+    from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
     from pi_lnfree.secure.profile import load_networks, load_profile
+    from pi_lnfree.secure.roles import DEALER
 
     profile = load_profile(PROTOCOL)
     with tempfile.TemporaryDirectory(prefix="bench-secure-profile-") as tmp:

@@ -7,6 +7,7 @@ bad input raises `UserError`, printed as one line with exit code 2 (`--debug` sh
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -35,11 +36,25 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _state["debug"] = debug
 
 
+FLAGGED = 3  # exit code: the command finished, but its result must not be trusted as is
+
+
 def emit(result: dict[str, Any], as_json: bool) -> None:
-    """Print one JSON object on stdout when --json is given."""
+    """Print one JSON object on stdout when --json is given (strict JSON: a non-finite number,
+    such as an overflowing perplexity, is written as null; the result's warnings say why)."""
     if as_json:
-        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.write(json.dumps(_finite(result), default=_json_default, allow_nan=False) + "\n")
         sys.stdout.flush()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -229,18 +244,67 @@ def secure_eval(
     within 2^-17, each product's truncation within 2^-16, summed over a layer's fan-in); the
     nonlinear approximations add more, which is why the errors are measured and reported.
 
+    Before the parties start, the range audit (`pi-lnfree audit`) checks on the plaintext model
+    that every secure approximation will see inputs inside its valid range, and warns otherwise.
+
     Two machines: run `--rank 1` where the checkpoint is and `--rank 0` on the client's machine
     (plus `--rank 2` for a TTP dealer), all with the same --master-addr/--master-port.
+
+    Exit codes: 0 done; 2 bad input or a party failed; 3 done, but the result is flagged (an
+    input outside an approximation's valid range, or an infinite secure perplexity): the measured
+    costs are printed and in --json all the same, with `flags` saying why.
     """
-    from pi_lnfree.secure.evaluate import print_result
     from pi_lnfree.secure.evaluate import secure_eval as run_secure_eval
+    from pi_lnfree.secure_view import print_audit_warnings, print_secure_result
 
     result = run_secure_eval(
         checkpoint, protocol, seq_len=seq_len, samples=samples, data=data, timeout_s=timeout, rank=rank,
         world_size=world_size, master_addr=master_addr, master_port=master_port, device=device,
+        on_audit=lambda a: print_audit_warnings(a, console),
     )
-    print_result(result, console)
+    print_secure_result(result, console)
     emit(result, as_json)
+    if result.get("flags"):
+        sys.exit(FLAGGED)
+
+
+@app.command()
+def audit(
+    checkpoint: Path = typer.Argument(..., help="A ckpt.pt or a run dir holding one."),
+    protocol: Path = typer.Option(..., "--protocol", help="Protocol profile TOML (protocols/crypten-2pc-ttp.toml, ...)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default: 32, or the data folder's length)."),
+    samples: int = typer.Option(1, "--samples", help="Sequences to audit."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder: its first validation sequences (default: seeded random tokens)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Check, without MPC and in seconds, that a checkpoint evaluates correctly under a profile.
+
+    Runs the plaintext model (float64) on the tokens secure-eval would use and records what each
+    secure approximation will see, per layer and operator: softmax exp input and row sums,
+    LayerNorm variances, GELU pre-activations, largest matmul outputs (fixed-point headroom).
+    Compares them with the valid ranges derived for the profile's settings and prints the
+    headroom; an input outside its range is reported with the setting that would fix it.
+    Exit codes: 0 every input in range; 2 bad input; 3 some input outside its valid range.
+    """
+    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.diagnostics import resolve_checkpoint
+    from pi_lnfree.secure.audit import audit as run_audit
+    from pi_lnfree.secure.evaluate import make_tokens
+    from pi_lnfree.secure.profile import load_profile
+    from pi_lnfree.secure.structure import check_supported
+    from pi_lnfree.secure_view import print_audit
+
+    profile = load_profile(protocol)
+    path = resolve_checkpoint(checkpoint)
+    model, _ = load_model(path, "cpu")
+    tokens, source = make_tokens({"samples": samples, "seq_len": seq_len, "data": str(data) if data else None},
+                                 model.config)
+    check_supported(model.config, profile, tokens.size(1))
+    result = {"checkpoint": str(path), **run_audit(model.config, model.state_dict(), profile, tokens, source)}
+    print_audit(result, console)
+    emit(result, as_json)
+    if not result["ok"]:
+        sys.exit(FLAGGED)
 
 
 @app.command()
@@ -278,6 +342,7 @@ def cost(
         return
     from pi_lnfree.secure import costmodel
     from pi_lnfree.secure.profile import load_networks, load_profile
+    from pi_lnfree.secure_view import print_prediction
 
     if protocol is None or seq_len is None:
         raise UserError("give --protocol FILE and --seq-len T (or --calibrate PROFILE)")
@@ -285,7 +350,7 @@ def cost(
     profile = load_profile(protocol)
     result = costmodel.predict(cfg, profile, seq_len, networks=load_networks(networks),
                                checkpoint=str(checkpoint) if checkpoint else None)
-    costmodel.print_prediction(result, console)
+    print_prediction(result, console)
     emit(result, as_json)
 
 

@@ -3,7 +3,7 @@
 One `GPT` class covers LayerNorm or no per-block norm (the final norm is its own switch),
 GELU / tanh-GELU / ReLU / leaky ReLU / learnable leaky ReLU (one slope per layer or one shared
 slope) or a per-layer mix, sequential (GPT-2) or parallel (Pythia) residual, learned or partial
-rotary positions, tied or untied embeddings. `pi_lnfree/secure/model.py` mirrors it block for block.
+rotary positions, tied or untied embeddings. `pi_lnfree/secure/structure.py` mirrors it block for block for private inference.
 """
 
 from __future__ import annotations

@@ -22,10 +22,11 @@ from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.config import make_config
 from pi_lnfree.data import load_data_folder
 from pi_lnfree.model import GPT
+from pi_lnfree.secure.evaluate import PROGRAM
 from pi_lnfree.secure.meter import CATEGORIES
-from pi_lnfree.secure.model import NotSupportedUnderMPC
 from pi_lnfree.secure.parties import PartyFailure, PartyJob, free_port, launch_local
 from pi_lnfree.secure.profile import load_profile
+from pi_lnfree.secure.structure import NotSupportedUnderMPC
 
 ROOT = Path(__file__).resolve().parents[1]
 TTP = str(ROOT / "protocols" / "crypten-2pc-ttp.toml")
@@ -164,7 +165,7 @@ def test_killed_party_makes_the_other_fail_within_timeout(tmp_path):
     timeout = 15.0
     common = dict(profile=load_profile(TFP), timeout_s=timeout, master_port=free_port())
     jobs = [
-        PartyJob(rank=0, tokens=torch.zeros(1, 8, dtype=torch.long), **common),
+        PartyJob(rank=0, tokens=torch.zeros(1, 8, dtype=torch.long), program=PROGRAM, **common),
         PartyJob(rank=1, checkpoint=str(ckpt), program="tests.test_secure_eval:_dying_server", **common),
     ]
     t0 = time.perf_counter()
@@ -205,7 +206,7 @@ def test_unsupported_variant_is_refused(tmp_path):
 
 def test_check_supported_refuses_switches_the_engine_lacks():
     from pi_lnfree.errors import UserError
-    from pi_lnfree.secure.model import check_supported
+    from pi_lnfree.secure.structure import check_supported
 
     profile = load_profile(TTP)
     cfg = make_config("tiny", "sm-r", vocab_size=64)

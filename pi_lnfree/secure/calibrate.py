@@ -1,7 +1,7 @@
 """Calibrate the cost model: run every secure primitive at small shapes under real parties, fit.
 
 `calibrate(profile_path)` runs, in one launch of the two CrypTen parties (plus the TTP dealer when
-the profile asks for one), each `SecureOps` primitive at a designed set of shapes (`design`): many
+the profile asks for one), each metered primitive of `CryptenOps` at a designed set of shapes (`design`): many
 tiny shapes that pin down the byte and round coefficients exactly, and a few larger ones for the
 local-compute estimate. Each call is metered on its own (`Meter`, combined over both parties as
 secure-eval does), then `fit` regresses the measurements on the shape features of
@@ -37,9 +37,9 @@ from pi_lnfree.secure.costmodel import (
     features,
     profile_knobs,
 )
-from pi_lnfree.secure.model import CLIENT, SERVER
 from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.profile import ProtocolProfile, load_profile
+from pi_lnfree.secure.roles import CLIENT, SERVER
 
 EXACT_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests")
 
@@ -153,9 +153,9 @@ def _run_model(item: dict[str, Any], profile, rank: int, stats):
 
     from pi_lnfree.config import ModelConfig
     from pi_lnfree.model import GPT
-    from pi_lnfree.secure.layers import SecureOps
+    from pi_lnfree.secure.backends.crypten_ops import CryptenOps
     from pi_lnfree.secure.meter import Meter
-    from pi_lnfree.secure.model import SecureGPT, share_tokens, share_weights
+    from pi_lnfree.secure.structure import Decoder, load_weights
 
     cfg = ModelConfig.from_dict(item["config"])
     T = int(item["T"])
@@ -163,14 +163,15 @@ def _run_model(item: dict[str, Any], profile, rank: int, stats):
     if rank == SERVER:
         torch.manual_seed(int(item.get("seed", 0)))
         state = GPT(cfg).state_dict()
-    weights = share_weights(cfg, state)
+    meter = Meter(stats)
+    ops = CryptenOps(meter, profile)
+    weights = load_weights(cfg, state, ops)
     if item["type"] == "forward":
         tokens = torch.randint(0, cfg.vocab_size, (T,)) if rank == CLIENT else None
-        x = share_tokens(tokens, T, cfg.vocab_size)
+        x = ops.tokens(tokens, T, cfg.vocab_size)
     else:
         x = _share((1, T, cfg.n_embd), CLIENT, rank)
-    meter = Meter(stats)
-    model = SecureGPT(cfg, weights, SecureOps(meter, profile))
+    model = Decoder(cfg, weights, ops)
     with meter.span():
         model.forward(x) if item["type"] == "forward" else model.block(int(item.get("layer", 0)), x)
     return meter.state()
@@ -179,7 +180,7 @@ def _run_model(item: dict[str, Any], profile, rank: int, stats):
 def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Run every item (each `repeat` times); this party's meter states per item."""
     from pi_lnfree.secure import crypten_compat
-    from pi_lnfree.secure.layers import SecureOps
+    from pi_lnfree.secure.backends.crypten_ops import CryptenOps
     from pi_lnfree.secure.meter import Meter
 
     out = []
@@ -188,7 +189,7 @@ def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[d
         if item["type"] == "call":
             for _ in range(int(item.get("repeat", 1))):
                 meter = Meter(crypten_compat.meter_stats)
-                fn = _run_call(SecureOps(meter, profile), item["kind"], item["dims"], rank)
+                fn = _run_call(CryptenOps(meter, profile), item["kind"], item["dims"], rank)
                 with meter.span():
                     fn()
                 states.append(meter.state())

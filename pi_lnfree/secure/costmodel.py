@@ -1,11 +1,12 @@
 """Predicted secure-inference cost: calibrated per-primitive unit costs, composed over a model.
 
 CrypTen's communication depends only on tensor shapes and protocol knobs, never on values. The
-secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metered primitives of
-`pi_lnfree.secure.layers.SecureOps`, so its cost is the sum of the costs of those calls:
+secure forward (`pi_lnfree.secure.structure.Decoder` on `CryptenOps`) calls nothing but the
+metered primitives of its backend, so its cost is the sum of the costs of those calls:
 
-1. `trace_forward(cfg, T)` lists the primitive calls of one forward pass, call for call as
-   `SecureGPT.forward` makes them (kind + shape dims).
+1. `trace(cfg, T)` lists the primitive calls of one forward pass (kind + shape dims) by running
+   the decoder structure (`pi_lnfree.secure.structure`) on the recording backend: the same code
+   the secure engine runs, on shapes.
 2. `features(kind, dims, max_method)` turns one call into shape features in three groups:
    `size` (element counts: bytes and dealer bytes are linear in them), `count` (call constants
    and reduction depths: rounds and dealer requests are linear in them) and `time` (elements and
@@ -19,7 +20,7 @@ secure forward (`pi_lnfree.secure.model.SecureGPT`) calls nothing but the metere
    fit of measured per-call costs on those features, and the feature rows it was fitted on, so a
    prediction outside their span is refused instead of extrapolated blindly.
 4. `predict` sums the calls per operator category and returns exactly the result of
-   `pi-lnfree secure-eval --json` (built by the same `evaluate.assemble_result`), without
+   `pi-lnfree secure-eval --json` (built by the same `result.cost_result`), without
    fidelity, with `"predicted": true`. Bytes and rounds are exact up to the fit; seconds are an
    estimate of local compute on the calibration machine; LAN/WAN latency uses the same network
    model as secure-eval (`meter.network_estimate`).
@@ -40,8 +41,10 @@ import numpy as np
 
 from pi_lnfree.config import ACTIVATIONS, ModelConfig
 from pi_lnfree.errors import UserError
+from pi_lnfree.secure.backends.recorder import Call, RecorderOps, Shape
 from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
+from pi_lnfree.secure.structure import Decoder, check_supported, load_weights
 
 FORMAT = 2
 GROUPS = ("size", "count", "time")
@@ -55,72 +58,30 @@ PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this
 NOT_KNOBS = ("name", "description", "path")
 
 
-@dataclass(frozen=True)
-class Call:
-    """One metered primitive call: its category, its kind (the primitive and, for activations,
-    which one) and the shape numbers its cost depends on."""
-
-    category: str
-    kind: str
-    dims: tuple[tuple[str, int], ...]
-
-    @classmethod
-    def make(cls, category: str, kind: str, **dims: int) -> Call:
-        return cls(category, kind, tuple(sorted((k, int(v)) for k, v in dims.items())))
-
-    @property
-    def d(self) -> dict[str, int]:
-        return dict(self.dims)
-
-
 # ---------------------------------------------------------------------------------------------
-# the calls of one forward pass (mirror of pi_lnfree.secure.model.SecureGPT)
+# the calls of one forward pass: the structure run on the recording backend
 
 
-def _layernorm(T: int, d: int) -> Call:
-    return Call.make("layernorm", "layernorm", T=T, d=d)
-
-
-def _linear(T: int, n_in: int, n_out: int, bias: bool) -> Call:
-    return Call.make("linear", "linear", T=T, i=n_in, o=n_out, bias=int(bias))
-
-
-def trace_block(cfg: ModelConfig, T: int, layer: int) -> list[Call]:
-    """The primitive calls of `SecureGPT.block(layer, x)` for a sequence of T tokens."""
-    d, H, hd = cfg.n_embd, cfg.n_head, cfg.head_dim
-    norm = [_layernorm(T, d)] if cfg.norm == "layernorm" else []
-    attn = [_linear(T, d, 3 * d, cfg.bias), Call.make("other", "other", n=3 * T * d)]
-    if cfg.position == "rotary":
-        attn.append(Call.make("other", "other", n=2 * H * T * hd))
-    attn += [
-        Call.make("attention", "attention_scores", H=H, T=T, hd=hd),
-        Call.make("softmax", "softmax", H=H, T=T),
-        Call.make("attention", "attention_mix", H=H, T=T, hd=hd),
-        Call.make("other", "other", n=T * d),
-        _linear(T, d, d, cfg.bias),
-    ]
-    act = cfg.layer_activations()[layer]
-    mlp = [
-        _linear(T, d, cfg.ffn_dim, cfg.bias),
-        Call.make("activation", f"activation:{act}", T=T, n=cfg.ffn_dim),
-        _linear(T, cfg.ffn_dim, d, cfg.bias),
-    ]
-    if cfg.residual == "parallel":
-        return norm + attn + norm + mlp + [Call.make("other", "other", n=2 * T * d)]
-    add = [Call.make("other", "other", n=T * d)]
-    return norm + attn + add + norm + mlp + add
+def trace(cfg: ModelConfig, T: int, layer: int | None = None) -> list[Call]:
+    """The primitive calls of one secure forward of T tokens (batch 1), or of block `layer` alone,
+    recorded by running `pi_lnfree.secure.structure.Decoder` on shapes (`RecorderOps`)."""
+    ops = RecorderOps()
+    decoder = Decoder(cfg, load_weights(cfg, None, ops), ops)
+    if layer is None:
+        decoder.forward(ops.tokens(None, T, cfg.vocab_size))
+    else:
+        decoder.block(layer, Shape((1, T, cfg.n_embd)))
+    return ops.calls
 
 
 def trace_forward(cfg: ModelConfig, T: int) -> list[Call]:
-    """The primitive calls of `SecureGPT.forward` on one sequence of T tokens (batch 1)."""
-    V, d = cfg.vocab_size, cfg.n_embd
-    calls = [Call.make("embedding", "embedding", T=T, V=V, d=d, pos=int(cfg.position == "learned"))]
-    for i in range(cfg.n_layer):
-        calls += trace_block(cfg, T, i)
-    if cfg.final_norm:
-        calls.append(_layernorm(T, d))
-    calls.append(Call.make("lm_head", "lm_head", T=T, d=d, V=V))
-    return calls
+    """The primitive calls of one secure forward on one sequence of T tokens (batch 1)."""
+    return trace(cfg, T)
+
+
+def trace_block(cfg: ModelConfig, T: int, layer: int) -> list[Call]:
+    """The primitive calls of block `layer` on a sequence of T tokens."""
+    return trace(cfg, T, layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,30 +370,24 @@ def predict(
 ) -> dict[str, Any]:
     """Predicted cost of one secure forward of `seq_len` tokens: the `secure-eval` result shape
     (no fidelity), with `"predicted": true`."""
-    import torch
-
-    from pi_lnfree.secure.evaluate import assemble_result
-    from pi_lnfree.secure.model import check_supported
     from pi_lnfree.secure.profile import load_networks
+    from pi_lnfree.secure.result import cost_result
 
     t0 = time.perf_counter()
     check_supported(cfg, profile, seq_len)
     cal = cal if cal is not None else load_calibration(profile)
     networks = networks if networks is not None else load_networks()
-    state = predicted_state(trace_forward(cfg, seq_len), cal)
-    client = {
-        "passes": [state],
-        "tokens": torch.zeros(1, seq_len, dtype=torch.long),
-        "tokens_source": "none needed: costs depend on shapes only",
+    state = predicted_state(trace(cfg, seq_len), cal)
+    result = {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        **cost_result(cfg, profile, [state], seq_len, 1, "none needed: costs depend on shapes only", networks),
+        "predicted": True,
+        "calibration": {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}},
+        "seconds_note": ("seconds are an estimate of local compute on the calibration machine; "
+                         "bytes and rounds are exact predictions of CrypTen's traffic"),
+        "parties": {"mode": "predicted (no parties run)", "world_size": 2, "dealer": profile.provider == "TTP"},
         "weight_sharing_seconds": None,
     }
-    result = assemble_result(str(checkpoint) if checkpoint else None, cfg, profile, client, None, networks,
-                             "predicted (no parties run)", 0.0)
-    result.pop("fidelity", None)
-    result["predicted"] = True
-    result["calibration"] = {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}}
-    result["seconds_note"] = ("seconds are an estimate of local compute on the calibration machine; "
-                              "bytes and rounds are exact predictions of CrypTen's traffic")
     result["wall_seconds"] = time.perf_counter() - t0
     return result
 
@@ -472,15 +427,6 @@ def resolve_config(
     return make_config(preset, variant, 50257 if vocab_size is None else int(vocab_size), **overrides)
 
 
-def print_prediction(result: dict[str, Any], console) -> None:
-    """Human output: secure-eval's per-operator table, then what is predicted and from what."""
-    from pi_lnfree.secure.evaluate import print_result
-
-    print_result({**result, "fidelity": None}, console)
-    console.print(f"predicted from {result['calibration']['path']} (no parties run): {result['seconds_note']}",
-                  style="dim", soft_wrap=True)
-
-
 __all__ = [
     "Calibration",
     "Call",
@@ -493,10 +439,10 @@ __all__ = [
     "max_schedule",
     "predict",
     "predict_ops",
-    "print_prediction",
     "predicted_state",
     "profile_knobs",
     "resolve_config",
+    "trace",
     "trace_block",
     "trace_forward",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,24 +34,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pi_lnfree.config import ModelConfig, variant_label, variant_name
+from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import UserError
 from pi_lnfree.secure import crypten_compat
-from pi_lnfree.secure.layers import SecureOps
-from pi_lnfree.secure.meter import (
-    Meter,
-    average,
-    combine_parties,
-    network_estimate,
-    per_token,
-    public_ops,
-    total_of,
-)
-from pi_lnfree.secure.model import CLIENT, SERVER, SecureGPT, check_supported, share_tokens, share_weights
+from pi_lnfree.secure.backends.crypten_ops import CryptenOps
+from pi_lnfree.secure.meter import Meter, combine_parties
 from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks, run_party
 from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
+from pi_lnfree.secure.result import cost_result
+from pi_lnfree.secure.roles import CLIENT, SERVER
+from pi_lnfree.secure.structure import Decoder, check_supported, load_weights
 
 DEFAULT_SEQ_LEN = 32
+PROGRAM = f"{__name__}:party_program"  # what ranks 0 and 1 run once connected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +98,9 @@ def _forward_passes(cfg, weights, profile, n, seq_len, tokens, device, capture=F
     states, logits, view = [], [], None
     for i in range(n):
         meter = Meter(crypten_compat.meter_stats)
-        model = SecureGPT(cfg, weights, SecureOps(meter, profile))
-        onehot = share_tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size, device)
+        ops = CryptenOps(meter, profile, device)
+        model = Decoder(cfg, weights, ops)
+        onehot = ops.tokens(None if tokens is None else tokens[i], seq_len, cfg.vocab_size)
         if capture and i == 0:
             view = {"onehot_share": onehot.share.detach().cpu().clone()}
         with meter.span():
@@ -124,7 +121,7 @@ def _server_program(job: PartyJob) -> dict[str, Any]:
     meta = crypten_compat.exchange_json(None, src=CLIENT)
     if "error" in meta:
         raise PartyFailure(f"the client stopped: {meta['error']}")
-    weights = share_weights(cfg, model.state_dict(), job.device)
+    weights = load_weights(cfg, model.state_dict(), CryptenOps(None, job.profile, job.device))
     del model
     states, _, view = _forward_passes(
         cfg, weights, job.profile, meta["samples"], meta["seq_len"], None, job.device, job.capture_server_view
@@ -147,7 +144,7 @@ def _client_program(job: PartyJob) -> dict[str, Any]:
     n, T = tokens.shape
     crypten_compat.exchange_json({"samples": int(n), "seq_len": int(T)}, src=CLIENT)
     t0 = time.perf_counter()
-    weights = share_weights(cfg, None, job.device)
+    weights = load_weights(cfg, None, CryptenOps(None, job.profile, job.device))
     setup_s = time.perf_counter() - t0
     states, logits, _ = _forward_passes(cfg, weights, job.profile, n, T, tokens, job.device)
     server_states = crypten_compat.exchange_json(None, src=SERVER)
@@ -169,9 +166,16 @@ def _client_program(job: PartyJob) -> dict[str, Any]:
 # the caller's side
 
 
+def perplexity(cross_entropy: float) -> float:
+    """exp(cross-entropy), `inf` where the exponential overflows a float64 (a secure result that
+    went wrong must still be reported, not crash the report)."""
+    return math.exp(cross_entropy) if cross_entropy < math.log(sys.float_info.max) else math.inf
+
+
 def fidelity(plain_logits: torch.Tensor, secure_logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
     """Secure vs plaintext logits on the same tokens: errors, top-1 agreement, perplexities
-    (next-token cross-entropy inside each sequence, T-1 predictions per sequence)."""
+    (next-token cross-entropy inside each sequence, T-1 predictions per sequence) and
+    `warnings` (an infinite perplexity, non-finite logits)."""
     plain, secure = plain_logits.double(), secure_logits.double()
     err = (secure - plain).abs()
     out: dict[str, Any] = {
@@ -179,15 +183,21 @@ def fidelity(plain_logits: torch.Tensor, secure_logits: torch.Tensor, tokens: to
         "mean_abs_logit_error": float(err.mean()),
         "top1_agreement": float((secure.argmax(-1) == plain.argmax(-1)).double().mean()),
         "max_abs_logit": float(plain.abs().max()),
+        "max_abs_secure_logit": float(secure.abs().max()),
         "fixed_point_resolution": None,
         "plain_ppl": None,
         "secure_ppl": None,
+        "warnings": [],
     }
+    if not torch.isfinite(secure).all():
+        out["warnings"].append("the secure logits hold non-finite values")
     if tokens.size(1) > 1:
         targets = tokens[:, 1:].reshape(-1)
         for key, logits in (("plain_ppl", plain), ("secure_ppl", secure)):
-            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets)
-            out[key] = float(math.exp(ce))
+            ce = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets))
+            out[key] = perplexity(ce) if math.isfinite(ce) else math.nan
+            if not math.isfinite(out[key]):
+                out["warnings"].append(f"{key.replace('_ppl', '')} perplexity is {out[key]} (cross-entropy {ce:.4g})")
     return out
 
 
@@ -197,43 +207,28 @@ def _plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def assemble_result(
-    checkpoint: str | None, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
-    plain_model, networks: dict, mode: str, wall_s: float,
+    checkpoint: str, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
+    plain_model, networks: dict, mode: str, wall_s: float, range_audit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `secure-eval` result dict (see `pi_lnfree.secure.meter` for the cost fields);
-    `checkpoint` is None for a prediction (`costmodel.predict`)."""
-    avg = average(client["passes"])
-    tot = total_of(avg["ops"])
+    """The `secure-eval` result dict: the costs (`result.cost_result`) of the client's combined
+    meter readings, fidelity against `plain_model` (None when the plaintext is not at hand), the
+    range audit of the same tokens, how the parties ran, the wall time, and `flags`: what makes
+    the secure numbers untrustworthy (inputs outside an approximation's valid range, an
+    infinite perplexity); empty when none."""
     tokens: torch.Tensor = client["tokens"]
-    T = int(tokens.size(1))
     fid = None
     if plain_model is not None:
         fid = fidelity(_plain_logits(plain_model, tokens), client["logits"], tokens)
         fid["fixed_point_resolution"] = 2.0 ** -profile.precision_bits
-    span = avg["span"]
+    flags = list(range_audit["warnings"]) if range_audit else []
+    flags += fid["warnings"] if fid else []
     return {
         "checkpoint": checkpoint,
-        "variant": variant_label(cfg),
-        "variant_name": variant_name(cfg),
-        "protocol": profile.to_dict(),
-        "benchmark_only": profile.benchmark_only,
-        "security": profile.security,
-        "seq_len": T,
-        "samples": int(tokens.size(0)),
-        "tokens": client["tokens_source"],
-        "total": {
-            "bytes": tot["bytes"], "rounds": tot["rounds"], "seconds": tot["seconds"],
-            "dealer_bytes": tot["dealer_bytes"], "dealer_requests": tot["dealer_requests"],
-        },
-        "per_token": per_token(tot, T),
-        "ops": public_ops(avg["ops"]),
-        "network": network_estimate(avg["ops"], networks),
+        **cost_result(cfg, profile, client["passes"], int(tokens.size(1)), int(tokens.size(0)),
+                      client["tokens_source"], networks),
         "fidelity": fid,
-        "attribution": {
-            "raw_bytes": span["bytes"], "raw_rounds": span["rounds"],
-            "unattributed_bytes": span["bytes"] - tot["bytes"],
-            "unattributed_rounds": span["rounds"] - tot["rounds"],
-        },
+        "audit": range_audit,
+        "flags": flags,
         "parties": {"mode": mode, "world_size": 2, "dealer": profile.provider == "TTP"},
         "weight_sharing_seconds": client["weight_sharing_seconds"],
         "wall_seconds": wall_s,
@@ -256,12 +251,15 @@ def secure_eval(
     seed: int = 0,
     capture_server_view: bool = False,
     on_start=None,
+    on_audit=None,
 ) -> dict[str, Any]:
     """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict.
 
     `rank=None`: all parties as local processes. `rank=0|1|2`: this process is that one party of a
     multi-machine run (2 is the TTP dealer); only rank 0 returns the full result.
-    With `capture_server_view`, the result also holds `server_view` (the server's shares)."""
+    With `capture_server_view`, the result also holds `server_view` (the server's shares).
+    `on_audit(audit_result)` is called with the range audit (`pi_lnfree.secure.audit`) of the
+    client's tokens before the parties start (locally) or when the plaintext is at hand (rank 0)."""
     profile = load_profile(protocol)
     networks = load_networks(networks_file)
     if world_size != 2:
@@ -275,11 +273,13 @@ def secure_eval(
     spec = {"samples": samples, "seq_len": seq_len, "data": str(data) if data else None, "seed": seed}
     t0 = time.perf_counter()
     if rank is None:
-        return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start, t0)
-    return _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks, t0)
+        return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start,
+                          on_audit, t0)
+    return _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks,
+                            on_audit, t0)
 
 
-def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, on_start, t0):
+def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, on_start, on_audit, t0):
     from pi_lnfree.checkpoint import load_model
     from pi_lnfree.diagnostics import resolve_checkpoint
 
@@ -288,20 +288,32 @@ def _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture, 
     cfg = plain_model.config
     tokens, source = make_tokens(spec, cfg)
     check_supported(cfg, profile, tokens.size(1))
+    range_audit = _audit(plain_model, profile, tokens, source, on_audit)
     jobs = local_jobs(profile, timeout_s, {
         CLIENT: dict(tokens=tokens, token_spec={"source": source}),
         SERVER: dict(checkpoint=str(checkpoint), capture_server_view=capture),
-    }, device=device)
+    }, device=device, program=PROGRAM)
     results = launch_local(jobs, timeout_s, on_start=on_start)
     result = assemble_result(str(checkpoint), cfg, profile, results[CLIENT], plain_model, networks,
-                             "local processes (gloo on 127.0.0.1)", time.perf_counter() - t0)
+                             "local processes (gloo on 127.0.0.1)", time.perf_counter() - t0, range_audit)
     if capture:
         result["server_view"] = results[SERVER]["view"]
         result["client_tokens"] = tokens
     return result
 
 
-def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks, t0):
+def _audit(plain_model, profile, tokens, source, on_audit):
+    """The range audit of the client's tokens (plaintext, no MPC), reported before the run."""
+    from pi_lnfree.secure.audit import audit
+
+    result = audit(plain_model.config, plain_model.state_dict(), profile, tokens, source)
+    if on_audit is not None:
+        on_audit(result)
+    return result
+
+
+def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, device, networks,
+                     on_audit, t0):
     ranks = party_ranks(profile)
     if rank not in ranks:
         raise UserError(f"--rank must be one of {ranks} with provider {profile.provider}, got {rank}")
@@ -313,57 +325,21 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
         checkpoint = resolve_checkpoint(checkpoint)
     job = PartyJob(rank=rank, profile=profile, timeout_s=timeout_s, master_addr=master_addr,
                    master_port=int(master_port), device=device, threads=os.cpu_count() or 1,
-                   checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec)
+                   checkpoint=str(checkpoint) if rank == SERVER else None, token_spec=spec, program=PROGRAM)
     value = run_party(job)
     if rank != CLIENT:
         return {"rank": rank, "role": value["role"], "status": "done", "protocol": profile.to_dict(),
                 "wall_seconds": time.perf_counter() - t0}
     cfg = ModelConfig.from_dict(value["config"])
-    plain_model = None
+    plain_model, range_audit = None, None
     if str(checkpoint) != "-" and Path(checkpoint).is_file():
         from pi_lnfree.checkpoint import load_model
 
         plain_model, _ = load_model(checkpoint, "cpu")
+        range_audit = _audit(plain_model, profile, value["tokens"], value["tokens_source"], on_audit)
     return assemble_result(str(checkpoint), cfg, profile, value, plain_model, networks,
                            f"distributed (rank 0 of 2, rendezvous {master_addr}:{master_port})",
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, range_audit)
 
 
-def print_result(result: dict[str, Any], console) -> None:
-    """Human output (stderr console): per-operator table, totals, fidelity, security line."""
-    if "ops" not in result:
-        console.print(f"{result['role']} (rank {result['rank']}) done in {result['wall_seconds']:.1f} s")
-        return
-    from rich.table import Table
-
-    from pi_lnfree.secure.meter import CATEGORIES
-
-    net = result["network"]
-    table = Table(title=f"{result['variant']} under {result['protocol']['name']}, T={result['seq_len']} "
-                        f"(per sequence, mean of {result['samples']})")
-    for col in ("operator", "MB sent", "rounds", "local s", "LAN s", "WAN s", "% bytes"):
-        table.add_column(col, justify="left" if col == "operator" else "right")
-    total_bytes = result["total"]["bytes"] or 1.0
-    rows = [(c, result["ops"][c], net["lan"]["ops"][c], net["wan"]["ops"][c]) for c in CATEGORIES]
-    rows.append(("total", result["total"], net["lan"]["seconds"], net["wan"]["seconds"]))
-    for name, op, lan, wan in rows:
-        table.add_row(name, f"{op['bytes'] / 1e6:,.2f}", f"{op['rounds']:,.0f}", f"{op['seconds']:.3f}",
-                      f"{lan:.3f}", f"{wan:.2f}", f"{100 * op['bytes'] / total_bytes:.1f}")
-    console.print(table)
-    pt = result["per_token"]
-    console.print(f"per token: {pt['bytes'] / 1e6:,.3f} MB, {pt['rounds']:.1f} rounds, {pt['seconds']:.3f} s local")
-    if result["total"]["dealer_bytes"]:
-        console.print(f"TTP dealer traffic (preprocessing, not in the totals): "
-                      f"{result['total']['dealer_bytes'] / 1e6:,.2f} MB in {result['total']['dealer_requests']:,.0f} requests")
-    fid = result["fidelity"]
-    if fid:
-        ppl = ""
-        if fid["plain_ppl"] is not None:
-            ppl = f", ppl plain {fid['plain_ppl']:.4g} / secure {fid['secure_ppl']:.4g}"
-        console.print(f"fidelity: max |logit error| {fid['max_abs_logit_error']:.3g}, mean {fid['mean_abs_logit_error']:.3g}, "
-                      f"top-1 agreement {fid['top1_agreement']:.4f}{ppl}")
-    style = "bold red" if result["benchmark_only"] else "green"
-    console.print(f"[{style}]security: {result['security']}[/{style}]")
-
-
-__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "print_result", "secure_eval"]
+__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "perplexity", "secure_eval"]

@@ -15,15 +15,12 @@ a piece of `pi_lnfree.model`:
   (`tanh` formula, Taylor `erf` (our own series: CrypTen 0.4.1's erf is wrong) with a relu
   switch for large |x|, `sigmoid` x*sigmoid(1.702x)),
   GELU in the tanh form always through the tanh formula.
-* `causal_softmax`: all heads of a layer in one call; the causal mask is public: future scores get
-  a public offset of -64 before the row max, and their exponentials are multiplied by the public
-  0/1 mask, so they contribute exactly zero.
-* `rotary`: GPT-NeoX partial rotary positions; cos/sin are public, so it is a public linear map on
-  shares (local, no communication).
+* `causal_softmax`: all heads of a layer in one call; the causal mask is public: future scores are
+  replaced by their row's diagonal score before the row max and their exponentials multiplied by
+  the public 0/1 mask, so they have exactly no influence.
 
-`SecureOps` is the small set of metered primitives, one method per operator category of
-`pi_lnfree.secure.meter.CATEGORIES`; the secure model calls nothing else, so a cost model can
-mirror it call for call.
+`pi_lnfree.secure.backends.crypten_ops.CryptenOps` calls these under the meter, one method per
+operator category.
 """
 
 from __future__ import annotations
@@ -34,10 +31,7 @@ from typing import Any
 import torch
 
 from pi_lnfree.secure import crypten_compat
-from pi_lnfree.secure.meter import Meter
-from pi_lnfree.secure.profile import ProtocolProfile
 
-MASK_OFFSET = 64.0  # public offset that keeps future (masked) scores out of the row max
 WIDE_THRESHOLD = 64.0  # layernorm_wide_range: variances above this are scaled by 1/256
 
 
@@ -173,102 +167,34 @@ def activation(x, name: str, slope: Any, gelu_method: str, gelu_erf_clip: float,
 
 
 def causal_mask(T: int, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Public (T, T) lower-triangular 0/1 float mask."""
-    return torch.ones(T, T, device=device).tril()
+    """Public (T, T) lower-triangular 0/1 mask, as int64: a CrypTensor times an integer tensor
+    is an exact local product of the shares (a float mask would be encoded and truncated)."""
+    return torch.ones(T, T, dtype=torch.long, device=device).tril()
 
 
 def causal_softmax(scores, max_method: str):
     """Softmax over the last dim of (B, H, T, T) scores with the public causal mask, all heads
-    at once: offset future scores by -64, subtract the row max, exp, zero the future entries
-    with the public mask, multiply by the reciprocal of the row sum (positive, >= 1)."""
+    at once.
+
+    Masked (future) entries have exactly no influence: before the row max each is replaced by a
+    copy of its row's diagonal score s_ii (always visible), `z = s * mask + s_ii * (1 - mask)`,
+    so the max is the max over visible scores for any values the encoding can hold; after the
+    exponential the public 0/1 mask zeroes them exactly, so they add nothing to the row sum.
+    Every step of the masking is a product of shares with a public integer tensor: local, no
+    communication. Then exp of `z - max` (<= 0), and the reciprocal of the row sum (in [1, T]).
+    """
     T = scores.size(-1)
     mask = causal_mask(T, scores.device)
-    z = scores + (mask - 1.0) * MASK_OFFSET
+    eye = torch.eye(T, dtype=torch.long, device=scores.device)
+    diag = (scores * eye).sum(-1, keepdim=True)
+    z = scores * mask + diag * (1 - mask)
     row_max = crypten_compat.row_max(z, max_method)
     e = (z - row_max).exp() * mask
     denom = e.sum(-1, keepdim=True)
     return e * crypten_compat.reciprocal_positive(denom)
 
 
-def rotary(x, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate the first `cos.size(-1)` dims of (B, H, T, hd) queries or keys; cos/sin (T, dim)
-    are public, so this is a public linear map on the shares (no communication)."""
-    T, dim = x.size(-2), cos.size(-1)
-    cos, sin = cos[:T].to(x.device), sin[:T].to(x.device)
-    cat = crypten_compat.get_crypten().cat
-    rot, half = x[..., :dim], dim // 2
-    rotated_half = cat([-rot[..., half:], rot[..., :half]], dim=-1)
-    rotated = rot * cos + rotated_half * sin
-    if dim == x.size(-1):
-        return rotated
-    return cat([rotated, x[..., dim:]], dim=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# metered primitives: one method per operator category
-
-
-class SecureOps:
-    """The secure forward's only operators; each runs under `meter.op(category)`."""
-
-    def __init__(self, meter: Meter, profile: ProtocolProfile):
-        self.meter = meter
-        self.profile = profile
-
-    def embedding(self, onehot, table, positions=None):
-        """`embedding`: one-hot (B, T, V) of the client's tokens @ server table (V, d) [+ rows]."""
-        with self.meter.op("embedding"):
-            x = onehot.matmul(table)
-            return x if positions is None else x + positions
-
-    def linear(self, x, weight_t, bias=None):
-        """`linear`: x @ W^T + b with the server's pre-transposed weight (in, out)."""
-        with self.meter.op("linear"):
-            y = x.matmul(weight_t)
-            return y if bias is None else y + bias
-
-    def attention_scores(self, q, k):
-        """`attention`: Q K^T / sqrt(hd), all heads batched (B, H, T, T)."""
-        with self.meter.op("attention"):
-            q = q.mul(1.0 / math.sqrt(q.size(-1)))
-            return q.matmul(k.transpose(-2, -1))
-
-    def attention_mix(self, probs, v):
-        """`attention`: probabilities (B, H, T, T) @ values (B, H, T, hd)."""
-        with self.meter.op("attention"):
-            return probs.matmul(v)
-
-    def softmax(self, scores):
-        """`softmax`: causal softmax of all heads of one layer in one call."""
-        with self.meter.op("softmax"):
-            return causal_softmax(scores, self.profile.max_method)
-
-    def layernorm(self, x, gamma, beta, eps: float):
-        """`layernorm`: LayerNorm over the last dim."""
-        with self.meter.op("layernorm"):
-            p = self.profile
-            return layernorm(x, gamma, beta, eps, wide=p.layernorm_wide_range, method=p.layernorm_inv_sqrt,
-                             iterations=p.sqrt_nr_iters)
-
-    def activation(self, x, name: str, slope=None):
-        """`activation`: the FFN nonlinearity of one layer."""
-        with self.meter.op("activation"):
-            p = self.profile
-            return activation(x, name, slope, p.gelu, p.gelu_erf_clip, p.erf_iterations)
-
-    def lm_head(self, x, weight_t, reveal_to: int = 0):
-        """`lm_head`: logits = x @ W^T, opened to the client only (the opening is counted here)."""
-        with self.meter.op("lm_head"):
-            return crypten_compat.get_plain_text(x.matmul(weight_t), dst=reveal_to)
-
-    def other(self, fn, *args):
-        """`other`: residual additions, rotary positions, head split/merge (local maths)."""
-        with self.meter.op("other"):
-            return fn(*args)
-
-
 __all__ = [
-    "SecureOps",
     "activation",
     "causal_mask",
     "causal_softmax",
@@ -281,5 +207,4 @@ __all__ = [
     "layernorm",
     "leaky_relu",
     "relu",
-    "rotary",
 ]

@@ -12,8 +12,8 @@ the parent watches the processes, and once one has died or failed it gives the o
 `timeout_s` seconds to fail on their own, then kills them. Either way the caller gets a
 `PartyFailure` naming each party and what happened to it.
 
-What ranks 0 and 1 do once connected is `PartyJob.program`, by default
-`pi_lnfree.secure.evaluate.party_program`; the dealer always serves triples.
+What ranks 0 and 1 do once connected is `PartyJob.program` ("module:function", named by the
+caller: `secure-eval` and the calibration each pass their own); the dealer always serves triples.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from pi_lnfree.errors import UserError
+from pi_lnfree.secure.roles import DEALER, party_label
 
 _CHILD_CMD = ["-m", "pi_lnfree.secure.parties"]
-ROLES = {0: "client", 1: "server", 2: "dealer"}
-DEALER = 2
 
 
 class PartyFailure(UserError):
@@ -60,12 +59,8 @@ class PartyJob:
     capture_server_view: bool = False  # tests: the server returns the shares it holds
     # "module:function" run by ranks 0 and 1 once the process group is up (rank 2, the TTP
     # dealer, always serves triples); `payload` is free-form input for it.
-    program: str = "pi_lnfree.secure.evaluate:party_program"
+    program: str = ""
     payload: Any = None
-
-
-def party_label(rank: int) -> str:
-    return f"{ROLES.get(rank, 'party')} (rank {rank})"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -233,11 +228,9 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float, read: Calla
 __all__ = [
     "PartyFailure",
     "PartyJob",
-    "ROLES",
     "free_port",
     "launch_local",
     "local_jobs",
-    "party_label",
     "party_ranks",
     "run_party",
 ]
