@@ -253,7 +253,8 @@ def secure_eval(
     on_start=None,
     on_audit=None,
 ) -> dict[str, Any]:
-    """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict.
+    """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict. A profile with
+    `engine = "spu"` runs under SecretFlow SPU instead (`pi_lnfree.secure.spu_engine`).
 
     `rank=None`: all parties as local processes. `rank=0|1|2`: this process is that one party of a
     multi-machine run (2 is the TTP dealer); only rank 0 returns the full result.
@@ -271,6 +272,11 @@ def secure_eval(
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     spec = {"samples": samples, "seq_len": seq_len, "data": str(data) if data else None, "seed": seed}
+    if profile.engine == "spu":
+        from pi_lnfree.secure import spu_engine
+
+        return spu_engine.secure_eval(checkpoint, profile, spec, timeout_s, rank, device, networks,
+                                      capture_server_view, on_start)
     t0 = time.perf_counter()
     if rank is None:
         return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start,

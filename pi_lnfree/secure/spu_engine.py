@@ -178,5 +178,16 @@ TWO_HOSTS = ("not implemented: SPU's brpc link reaches other hosts (each party l
              "host:port), but this tool starts SPU parties on 127.0.0.1 only")
 
 
-__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "secure_eval_local",
-           "spu_python"]
+def secure_eval(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float, rank: int | None,
+                device: str, networks, capture: bool = False, on_start=None) -> dict[str, Any]:
+    """`evaluate.secure_eval` for an `engine = "spu"` profile: all parties on this host."""
+    spu_python()
+    if rank is not None:
+        raise UserError(f"--rank with an SPU profile: one party per host is {TWO_HOSTS}")
+    if device != "cpu":
+        raise UserError("--device: the SPU engine runs on the CPU only")
+    return secure_eval_local(checkpoint, profile, spec, timeout_s, networks, capture, on_start)
+
+
+__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "secure_eval",
+           "secure_eval_local", "spu_python"]

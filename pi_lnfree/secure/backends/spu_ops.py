@@ -374,14 +374,17 @@ class SpuOps:
         """`lm_head`: logits = x @ W^T, opened to the client only: every other party sends it its
         share (counted here). The client gets a float numpy array (1, T, V); the others None."""
         with self._op("lm_head"):
-            logits = self.run1("lm_head", (), lambda a, w: a @ w, x, weight_t)
-            share = self.rt.get_var(logits.name)
-            if self.rank != reveal_to:
-                self.sent_bytes += send_share(self.link, reveal_to, share)
-                self.send_actions += 1
-                return None
-            shares = [share if r == reveal_to else recv_share(self.link, r) for r in range(self.world)]
-            return self.io.reconstruct(shares)
+            return self.reveal(self.run1("lm_head", (), lambda a, w: a @ w, x, weight_t), reveal_to)
+
+    def reveal(self, t: SpuTensor, to: int):
+        """Open `t` to party `to` alone: every other party sends it its share (payload bytes and
+        one action counted here). `to` gets a float numpy array; the others None."""
+        share = self.rt.get_var(t.name)
+        if self.rank != to:
+            self.sent_bytes += send_share(self.link, to, share)
+            self.send_actions += 1
+            return None
+        return self.io.reconstruct([share if r == to else recv_share(self.link, r) for r in range(self.world)])
 
     # -- plumbing (`other`: local maths) -----------------------------------------------------
     def other_fn(self, kind: str, params: tuple, fn, *inputs):
