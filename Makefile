@@ -33,7 +33,9 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# The SPU tests need .venv-spu (built here when Python 3.10/3.11 is at hand; they skip otherwise).
 test: $(STAMP)
+	@$(MAKE) --no-print-directory spu || echo "make test: no SPU environment (spu 0.9.5 needs Python 3.10/3.11): the SPU tests skip"
 	$(PY) -m pytest
 
 demo: $(STAMP)

@@ -58,11 +58,16 @@ def spu_python() -> Path:
         if not path.is_file():
             raise SpuMissing(f"{ENV_VAR}={path}: no such interpreter; {INSTALL_HINT}")
         return path
-    for root in (Path(pi_lnfree.__file__).resolve().parents[1], Path.cwd()):
+    for root in _candidate_roots():
         candidate = root / ".venv-spu" / "bin" / "python"
         if candidate.is_file():
             return candidate
     raise SpuMissing(INSTALL_HINT)
+
+
+def _candidate_roots() -> list[Path]:
+    """Folders that may hold `.venv-spu`: this checkout, then the working directory."""
+    return [Path(pi_lnfree.__file__).resolve().parents[1], Path.cwd()]
 
 
 def party_label(rank: int) -> str:
@@ -167,7 +172,8 @@ def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any]
         result["parties"] = {"mode": result["parties"]["mode"], "world_size": world, "dealer": False, "engine": "spu"}
         result["spu"] = {**client["spu"], "python": str(spu_python()), "two_hosts": TWO_HOSTS}
         if capture:
-            result["server_view"] = {"token_share": np.load(results[SERVER][1] / "token_share.npy")}
+            result["server_view"] = {"token_share": np.load(results[SERVER][1] / "token_share.npy"),
+                                     "job": jobs[SERVER]}
             result["client_tokens"] = tokens
         return result
     finally:
