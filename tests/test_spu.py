@@ -87,6 +87,20 @@ def test_profile_keys_of_the_other_engine_are_refused():
         profile_from_dict({"protocol": {"name": "x", "engine": "spu", "provider": "none"}, "spu": {"protocol": "SPDZ"}})
 
 
+def test_cost_model_and_audit_refuse_spu_profiles():
+    """Both model CrypTen's protocols and approximations; an SPU profile is measured instead."""
+    from pi_lnfree.config import make_config
+    from pi_lnfree.secure import costmodel
+    from pi_lnfree.secure.audit import audit
+
+    profile = load_profile(SEMI2K)
+    with pytest.raises(UserError, match="crypten engine only.*secure-eval"):
+        costmodel.load_calibration(profile)
+    cfg = make_config("tiny", "sm-r", vocab_size=64, block_size=16)
+    with pytest.raises(UserError, match="crypten engine only"):
+        audit(cfg, {}, profile, torch.zeros(1, 4, dtype=torch.long))
+
+
 def test_missing_spu_environment_is_one_line_and_exit_2(tmp_path, monkeypatch):
     from pi_lnfree.secure import spu_engine
 

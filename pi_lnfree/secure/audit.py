@@ -202,6 +202,7 @@ def audit(cfg: ModelConfig, state: dict[str, torch.Tensor], profile: ProtocolPro
     [...]}`; each check has site, operator, approximation, observed and valid [low, high],
     headroom (fraction of the limit still free; negative when outside), ok, fix and source.
     """
+    profile.require_crypten("the range audit")
     ops = AuditOps()
     weights = load_weights(cfg, state, ops)
     decoder = Decoder(cfg, weights, ops)

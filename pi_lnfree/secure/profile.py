@@ -127,6 +127,13 @@ class ProtocolProfile:
                     "a helper party with no input; any two parties together could learn every secret)")
         return "semi-honest two-party secret sharing with a non-colluding trusted dealer (TTP)"
 
+    def require_crypten(self, what: str) -> None:
+        """Raise `UserError` unless this is a CrypTen profile: `what` (the cost model, the range
+        audit) models CrypTen's protocols and approximations only."""
+        if self.engine != "crypten":
+            raise UserError(f"{what} covers the crypten engine only; profile {self.path or self.name} uses engine "
+                            f"{self.engine!r}: measure it with pi-lnfree secure-eval")
+
     def crypten_functions(self) -> dict[str, Any]:
         """The knobs that go to `crypten.cfg.functions` verbatim."""
         return {k: getattr(self, k) for k in _CRYPTEN_FUNCTION_KEYS}

@@ -283,7 +283,7 @@ class SpuOps:
                 yield
 
     # -- inputs ------------------------------------------------------------------------------
-    def _input(self, owner: int, value: np.ndarray | None, shape: tuple[int, ...]) -> SpuTensor:
+    def share_input(self, owner: int, value: np.ndarray | None, shape: tuple[int, ...]) -> SpuTensor:
         """Secret-share `value` (held by `owner`, None elsewhere) of public `shape`."""
         name = self._fresh()
         if self.rank == owner:
@@ -306,7 +306,7 @@ class SpuOps:
         if tensor is not None:
             value = tensor.detach().float().numpy()
             value = value.T if transpose else value
-        return self._input(SERVER, value, shape)
+        return self.share_input(SERVER, value, shape)
 
     def tokens(self, ids, seq_len: int, vocab_size: int) -> SpuTensor:
         """Share the client's one-hot rows (1, T, V); the others pass None."""
@@ -314,7 +314,7 @@ class SpuOps:
         if ids is not None:
             value = np.zeros((1, seq_len, vocab_size), np.float32)
             value[0, np.arange(seq_len), np.asarray(ids, dtype=np.int64)] = 1.0
-        t = self._input(CLIENT, value, (1, seq_len, vocab_size))
+        t = self.share_input(CLIENT, value, (1, seq_len, vocab_size))
         if self.capture and self.rank != CLIENT:
             self.captured["tokens"] = share_ring_elements(self.rt.get_var(t.name))
         return t
