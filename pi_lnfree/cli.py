@@ -250,6 +250,10 @@ def secure_eval(
     Two machines: run `--rank 1` where the checkpoint is and `--rank 0` on the client's machine
     (plus `--rank 2` for a TTP dealer), all with the same --master-addr/--master-port.
 
+    A profile with engine = "spu" (protocols/spu-semi2k.toml, spu-cheetah.toml, spu-aby3.toml)
+    runs the same checkpoint under SecretFlow SPU instead: local party processes in the SPU
+    environment (`make spu`), the same roles, categories and result; no --rank, no --device cuda.
+
     Exit codes: 0 done; 2 bad input or a party failed; 3 done, but the result is flagged (an
     input outside an approximation's valid range, or an infinite secure perplexity): the measured
     costs are printed and in --json all the same, with `flags` saying why.
