@@ -261,3 +261,63 @@ def test_server_never_holds_the_clients_tokens(secure_run):
     top_bits = (share >> np.uint64(63)).astype(np.float64)
     assert 0.4 < top_bits.mean() < 0.6  # the top bit of a uniform ring element is a fair coin
     assert "tokens" not in r["server_view"]["job"] and "checkpoint" in r["server_view"]["job"]
+
+
+# ---------------------------------------------------------------------------------------------
+# one party per process, as on two hosts (here both on 127.0.0.1)
+
+
+def test_rendezvous_peer_that_never_joins_fails_within_the_timeout():
+    import time
+
+    from pi_lnfree.secure import spu_rendezvous
+    from pi_lnfree.secure.parties import free_port
+
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"ranks \[1\] did not join"):
+        spu_rendezvous.host_client("127.0.0.1", port, 2, 1.0, lambda config: None)
+    with pytest.raises(UserError, match="did not answer within"):
+        spu_rendezvous.join(1, "127.0.0.1", free_port(), 1.0, {"n_layer": 1})
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.slow
+def test_one_party_per_process_with_rank_and_master_addr(tmp_path):
+    """Client and server each run `secure_eval(..., rank=r)` as on their own hosts: the
+    rendezvous at the client's address, then SPU's link; the client gets the full result, and
+    its costs equal a local run's (the same programs, the same tokens)."""
+    import threading
+
+    from pi_lnfree.checkpoint import save_checkpoint
+    from pi_lnfree.config import make_config
+    from pi_lnfree.model import GPT
+    from pi_lnfree.secure.evaluate import secure_eval
+    from pi_lnfree.secure.parties import free_port
+
+    _spu_python()
+    torch.manual_seed(0)
+    cfg = make_config("tiny", "sm-r", vocab_size=128, block_size=16)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, GPT(cfg).state_dict(), cfg)
+    port, out = free_port(), {}
+
+    def party(rank):
+        try:
+            out[rank] = secure_eval(ckpt, SEMI2K, seq_len=8, timeout_s=300, rank=rank, master_addr="127.0.0.1",
+                                    master_port=port)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            out[rank] = e
+
+    threads = [threading.Thread(target=party, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert out[1]["status"] == "done" and out[1]["role"] == "server", out[1]
+    r = out[0]
+    assert isinstance(r, dict) and r["parties"]["mode"].startswith("distributed SPU"), r
+    assert r["fidelity"]["max_abs_logit_error"] < 1e-2
+    local = secure_eval(ckpt, SEMI2K, seq_len=8, timeout_s=300)
+    assert r["total"]["bytes"] == local["total"]["bytes"] and r["total"]["rounds"] == local["total"]["rounds"]
+

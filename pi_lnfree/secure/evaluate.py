@@ -276,7 +276,7 @@ def secure_eval(
         from pi_lnfree.secure import spu_engine
 
         return spu_engine.secure_eval(checkpoint, profile, spec, timeout_s, rank, device, networks,
-                                      capture_server_view, on_start)
+                                      capture_server_view, on_start, master_addr, master_port)
     t0 = time.perf_counter()
     if rank is None:
         return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start,

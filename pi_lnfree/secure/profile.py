@@ -140,7 +140,8 @@ class ProtocolProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the `protocol` entry of a secure-eval result)."""
-        d = dataclasses.asdict(self)
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if not any(k in keys for engine, keys in _ENGINE_ONLY.items() if engine != self.engine)}
         d["benchmark_only"] = self.benchmark_only
         d["security"] = self.security
         return d

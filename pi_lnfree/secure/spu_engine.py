@@ -140,6 +140,12 @@ def client_summary(client: dict[str, Any], tokens: torch.Tensor, source: str, ou
     }
 
 
+def party_job(rank: int, addresses: list[str], profile: ProtocolProfile, timeout_s: float) -> dict[str, Any]:
+    """The public part of a party's job; the caller adds its private input (client: "tokens",
+    server: "checkpoint")."""
+    return {"rank": rank, "addresses": addresses, "profile": str(Path(profile.path).resolve()), "timeout_s": timeout_s}
+
+
 def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float, networks,
                       capture: bool = False, on_start=None) -> dict[str, Any]:
     """All SPU parties as local processes on 127.0.0.1; the full result (as `evaluate.secure_eval`)."""
@@ -157,8 +163,7 @@ def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any]
     check_supported(cfg, profile, tokens.size(1))
     world = profile.world_size
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
-    common = {"addresses": addresses, "profile": str(Path(profile.path).resolve()), "timeout_s": timeout_s}
-    jobs = {r: {**common, "rank": r} for r in range(world)}
+    jobs = {r: party_job(r, addresses, profile, timeout_s) for r in range(world)}
     jobs[CLIENT]["tokens"] = tokens.tolist()
     jobs[SERVER]["checkpoint"] = str(Path(checkpoint).resolve())
     jobs[SERVER]["capture_view"] = capture
@@ -170,7 +175,7 @@ def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any]
         result = assemble_result(str(checkpoint), cfg, profile, client, plain_model, networks,
                                  "local SPU processes (brpc on 127.0.0.1)", time.perf_counter() - t0)
         result["parties"] = {"mode": result["parties"]["mode"], "world_size": world, "dealer": False, "engine": "spu"}
-        result["spu"] = {**client["spu"], "python": str(spu_python()), "two_hosts": TWO_HOSTS}
+        result["spu"] = {**client["spu"], "python": str(spu_python())}
         if capture:
             result["server_view"] = {"token_share": np.load(results[SERVER][1] / "token_share.npy"),
                                      "job": jobs[SERVER]}
@@ -180,20 +185,83 @@ def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-TWO_HOSTS = ("not implemented: SPU's brpc link reaches other hosts (each party listens on its own "
-             "host:port), but this tool starts SPU parties on 127.0.0.1 only")
+def secure_eval_distributed(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float,
+                            rank: int, master_addr: str, master_port: int | None, networks) -> dict[str, Any]:
+    """This process is SPU party `rank` of a multi-host run: it agrees on the link addresses at the
+    client's `master_addr:master_port` (`spu_rendezvous`), then runs its one party. The client
+    (rank 0) returns the full result (fidelity when it can read `checkpoint`, '-' skips it); the
+    others a short status."""
+    from pi_lnfree.config import ModelConfig
+    from pi_lnfree.secure import spu_rendezvous
+    from pi_lnfree.secure.evaluate import assemble_result, make_tokens
+    from pi_lnfree.secure.structure import check_supported
+
+    t0 = time.perf_counter()
+    world = profile.world_size
+    if rank not in range(world):
+        raise UserError(f"--rank must be one of {tuple(range(world))} with {profile.name}, got {rank}")
+    if master_port is None:
+        raise UserError("--master-port is required with --rank")
+    job: dict[str, Any] = {}
+    if rank == CLIENT:
+        made: dict[str, Any] = {}
+
+        def decide(config: dict | None) -> None:
+            cfg = ModelConfig.from_dict(config)
+            made["cfg"] = cfg
+            made["tokens"], made["source"] = make_tokens(spec, cfg)
+            check_supported(cfg, profile, made["tokens"].size(1))
+
+        addresses, _ = spu_rendezvous.host_client(master_addr, int(master_port), world, timeout_s, decide)
+        job["tokens"] = made["tokens"].tolist()
+    else:
+        config = None
+        if rank == SERVER:
+            from pi_lnfree.checkpoint import load_model
+            from pi_lnfree.diagnostics import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(checkpoint)
+            model, _ = load_model(checkpoint, "cpu")
+            check_supported(model.config, profile)
+            config = model.config.to_dict()
+            job["checkpoint"] = str(Path(checkpoint).resolve())
+            del model
+        addresses = spu_rendezvous.join(rank, master_addr, int(master_port), timeout_s, config)
+    job.update(party_job(rank, addresses, profile, timeout_s))
+    tmp = Path(tempfile.mkdtemp(prefix="pi-lnfree-spu-"))
+    try:
+        value, out = launch_parties({rank: job}, timeout_s, tmp)[rank]
+        if rank != CLIENT:
+            return {"rank": rank, "role": value["role"], "status": "done", "protocol": profile.to_dict(),
+                    "wall_seconds": time.perf_counter() - t0}
+        client = client_summary(value, made["tokens"], made["source"], out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    plain_model = None
+    if str(checkpoint) != "-" and Path(checkpoint).is_file():
+        from pi_lnfree.checkpoint import load_model
+
+        plain_model, _ = load_model(checkpoint, "cpu")
+    result = assemble_result(str(checkpoint), made["cfg"], profile, client, plain_model, networks,
+                             f"distributed SPU (rank 0 of {world}, rendezvous {master_addr}:{master_port})",
+                             time.perf_counter() - t0)
+    result["parties"] = {"mode": result["parties"]["mode"], "world_size": world, "dealer": False, "engine": "spu"}
+    result["spu"] = {**client["spu"], "python": str(spu_python())}
+    return result
 
 
 def secure_eval(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float, rank: int | None,
-                device: str, networks, capture: bool = False, on_start=None) -> dict[str, Any]:
-    """`evaluate.secure_eval` for an `engine = "spu"` profile: all parties on this host."""
+                device: str, networks, capture: bool = False, on_start=None, master_addr: str = "127.0.0.1",
+                master_port: int | None = None) -> dict[str, Any]:
+    """`evaluate.secure_eval` for an `engine = "spu"` profile: all parties on this host
+    (`rank=None`), or this process as party `rank` of a multi-host run."""
     spu_python()
-    if rank is not None:
-        raise UserError(f"--rank with an SPU profile: one party per host is {TWO_HOSTS}")
     if device != "cpu":
         raise UserError("--device: the SPU engine runs on the CPU only")
-    return secure_eval_local(checkpoint, profile, spec, timeout_s, networks, capture, on_start)
+    if rank is None:
+        return secure_eval_local(checkpoint, profile, spec, timeout_s, networks, capture, on_start)
+    return secure_eval_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, networks)
 
 
-__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "secure_eval",
-           "secure_eval_local", "spu_python"]
+__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "party_job", "secure_eval",
+           "secure_eval_distributed", "secure_eval_local", "spu_python"]
