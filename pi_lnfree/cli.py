@@ -251,8 +251,9 @@ def secure_eval(
     (plus `--rank 2` for a TTP dealer), all with the same --master-addr/--master-port.
 
     A profile with engine = "spu" (protocols/spu-semi2k.toml, spu-cheetah.toml, spu-aby3.toml)
-    runs the same checkpoint under SecretFlow SPU instead: local party processes in the SPU
-    environment (`make spu`), the same roles, categories and result; no --rank, no --device cuda.
+    runs the same checkpoint under SecretFlow SPU instead: party processes in the SPU environment
+    (`make spu`), the same roles, categories, result and --rank options (rank 2: ABY3's helper);
+    no --device cuda.
 
     Exit codes: 0 done; 2 bad input or a party failed; 3 done, but the result is flagged (an
     input outside an approximation's valid range, or an infinite secure perplexity): the measured

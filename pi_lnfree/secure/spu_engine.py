@@ -15,8 +15,10 @@ The result has the shape of CrypTen's (`evaluate.assemble_result`): per-category
 all parties together), rounds (send actions of the busiest party), local seconds (without SPU's
 one-off compilation of each program), totals, network estimates and fidelity; plus `spu`: the
 bytes of sharing the inputs (weights once per session, tokens once per sequence: CrypTen shares
-its inputs from pseudo-random seeds at no cost, SPU sends the shares), compile seconds, and the
-two-host status.
+its inputs from pseudo-random seeds at no cost, SPU sends the shares), compile seconds and the interpreter.
+
+Across hosts (`--rank`), each host's main process runs its one party after the rendezvous of
+`pi_lnfree.secure.spu_rendezvous` at the client's `--master-addr/--master-port`.
 """
 
 from __future__ import annotations
