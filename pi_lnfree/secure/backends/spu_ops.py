@@ -79,18 +79,23 @@ class LinkLog:
         self.wait_s = wait_s
 
     def next_run(self) -> tuple[int, int]:
+        """Consume the log up to the next complete "Link details" line; raises `RuntimeError` when
+        none appears within `wait_s` seconds (SPU writes it before `Runtime.run` returns)."""
         deadline = time.monotonic() + self.wait_s
         while True:
             if self.path.exists():
                 with self.path.open("rb") as f:
                     f.seek(self.offset)
-                    text = f.read().decode("utf-8", "replace")
-                matches = list(LINK_LINE.finditer(text))
-                if matches:
-                    end = text.rfind("\n", matches[-1].end() - 1)
-                    self.offset += len(text[: end + 1].encode("utf-8")) if end >= 0 else len(text.encode("utf-8"))
-                    m = matches[-1]
-                    return int(m.group(1)), int(m.group(3))
+                    data = f.read()
+                consumed = 0
+                for line in data.splitlines(keepends=True):
+                    if not line.endswith(b"\n"):
+                        break  # a line still being written
+                    consumed += len(line)
+                    m = LINK_LINE.search(line.decode("utf-8", "replace"))
+                    if m:
+                        self.offset += consumed
+                        return int(m.group(1)), int(m.group(3))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SPU wrote no 'Link details' line to {self.path} after a run")
             time.sleep(0.01)
