@@ -55,7 +55,7 @@ def mm_rate(m: int, k: int, n: int, seconds: float) -> float:
 
 def our_trainer(data: Path, batch: int, steps: int, threads: int, tmp: str):
     """Our Trainer on training/cpu.toml with this data and batch (progress bar off)."""
-    from pi_lnfree.config import load_recipe
+    from pi_lnfree.recipe import load_recipe
     from pi_lnfree.runtime import setup_runtime
     from pi_lnfree.train import Trainer
 
@@ -137,10 +137,10 @@ def matmul_ceiling(data: Path, batch: int, threads: int, seconds: float = 0.2) -
     FLOPs count at the peak. Skinny K=128 products and output-bound forwards run below the
     square's rate, so this is under 100% before any non-matmul work is counted.
     """
-    from pi_lnfree.config import load_recipe
     from pi_lnfree.data import load_data_folder
     from pi_lnfree.losses import chunk_rows
     from pi_lnfree.model import GPT
+    from pi_lnfree.recipe import load_recipe
     from pi_lnfree.runtime import flops_per_token
 
     torch.set_num_threads(threads)

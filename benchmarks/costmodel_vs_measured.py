@@ -106,7 +106,7 @@ def secure_eval_comparison(profile_path: str, path: Path) -> list[str]:
         if run["protocol"]["name"] != profile.name:
             continue
         pred = predict(make_config("gpt2-small", v, vocab_size=512, n_layer=1), profile, int(run["seq_len"]))
-        lines += [f"### {run['variant']}: secure-eval run vs prediction", "",
+        lines += [f"### {run['label']}: secure-eval run vs prediction", "",
                   "| operator | MB secure-eval | MB predicted | rounds secure-eval | rounds predicted "
                   "| local s secure-eval | local s predicted (est.) |", "|---|---|---|---|---|---|---|"]
         for cat in (*CATEGORIES, "total"):
@@ -131,7 +131,7 @@ def full_model_tables(profile_path: str) -> list[str]:
                 if base is None:
                     base = r
                 rows.append(
-                    f"| {r['variant']} | {tot['bytes'] / 1e9:.2f} | {tot['rounds']:,.0f} | "
+                    f"| {r['label']} | {tot['bytes'] / 1e9:.2f} | {tot['rounds']:,.0f} | "
                     f"{net['lan']['seconds']:.1f} | {net['wan']['seconds'] / 60:.2f} | "
                     f"{base['total']['bytes'] / tot['bytes']:.2f}x | {base['network']['wan']['seconds'] / net['wan']['seconds']:.2f}x |"
                 )
@@ -161,7 +161,7 @@ def paper_comparison(profile_path: str) -> list[str]:
                 for v in rows}
         for v, (gb, minutes) in rows.items():
             r = ours[v]
-            lines.append(f"| {T} | {r['variant']} | {gb:.2f} | {r['total']['bytes'] / 1e9:.2f} | {minutes:.2f} | "
+            lines.append(f"| {T} | {r['label']} | {gb:.2f} | {r['total']['bytes'] / 1e9:.2f} | {minutes:.2f} | "
                          f"{r['network']['wan']['seconds'] / 60:.2f} |")
         g, rl = ours["sm-ln-g"], ours["sm-ln-r"]
         ratios.append(

@@ -133,7 +133,7 @@ def markdown(results: dict, args) -> str:
     for variant, r in results.items():
         fid = r["fidelity"]
         parts += [
-            "", f"## {r['variant']} ({variant})", "", table(r), "",
+            "", f"## {r['label']} ({variant})", "", table(r), "",
             f"Wall time {r['wall_seconds']:.0f} s (process start, weight sharing and the forward). "
             f"TTP dealer traffic (preprocessing, not in the totals): {r['total']['dealer_bytes'] / 1e6:,.1f} MB. "
             f"Fidelity vs plaintext: max |logit error| {fid['max_abs_logit_error']:.3g}, "

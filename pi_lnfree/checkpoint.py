@@ -179,3 +179,42 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         summary = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{path}: tensors do not match its config: {summary}") from None
     return model.to(device).eval(), ckpt
+
+
+# Buffers a model may carry that a checkpoint without them leaves at their initial value.
+_STATE_BUFFERS = (".std_ema", ".frozen")
+
+
+def load_initial_weights(model, path: str | os.PathLike, folder=None) -> dict[str, Any]:
+    """`train.init_from`: copy a checkpoint's weights into a freshly built `model` (same shapes).
+
+    The checkpoint (a file or a run dir) must hold exactly the model's tensors with the same shapes,
+    except buffers the model adds for a LayerNorm removal (left at their initial values); when
+    `folder` is given it must be made with the checkpoint's tokenizer. Switches that do not change
+    shapes (activation, norm eps, ...) may differ: the returned dict lists them under "differs"
+    with the checkpoint's "path" and "variant". Raises UserError (one line) otherwise.
+    """
+    from pi_lnfree.config import variant_label
+    from pi_lnfree.diagnostics import check_same_tokenizer, resolve_checkpoint
+
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    src_cfg = config_from_checkpoint(ckpt, path)
+    if folder is not None:
+        check_same_tokenizer(src_cfg, folder, ckpt)
+    src = clean_state_dict(ckpt["model"])
+    want = model.state_dict()
+    if src_cfg.tie_embeddings != model.config.tie_embeddings:
+        raise UserError(f"--init-from {path}: tie_embeddings is {src_cfg.tie_embeddings} there and "
+                        f"{model.config.tie_embeddings} in the recipe's model")
+    missing = [k for k in want if k not in src and not k.endswith(_STATE_BUFFERS)]
+    extra = [k for k in src if k not in want]
+    bad = [k for k in want if k in src and tuple(src[k].shape) != tuple(want[k].shape)]
+    if missing or extra or bad:
+        what = (f"{bad[0]} is {tuple(src[bad[0]].shape)} there, {tuple(want[bad[0]].shape)} here" if bad
+                else f"tensors missing there: {missing[:3]}" if missing else f"tensors not in the recipe's model: {extra[:3]}")
+        raise UserError(f"--init-from {path}: its shapes do not match the recipe's model ({what})")
+    model.load_state_dict({**want, **{k: v.to(want[k].dtype) for k, v in src.items()}}, strict=True)
+    mine = model.config.to_dict()
+    differs = sorted(k for k, v in src_cfg.to_dict().items() if k != "ln_removal" and mine.get(k) != v)
+    return {"path": str(path), "variant": variant_label(src_cfg), "differs": differs}

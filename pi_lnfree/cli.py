@@ -124,12 +124,19 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory (with --matrix: the parent of one folder per run)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its ckpt.pt left off."),
     matrix: Optional[Path] = typer.Option(None, "--matrix", help="Matrix TOML: train every listed variant into OUT/NAME."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="Start from this checkpoint's weights (a ckpt.pt or run dir; same shapes as the "
+        "recipe's model), e.g. a converted GPT-2. Same as --set train.init_from=PATH."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Train a model from a recipe (TOML) into a run directory: ckpt.pt, best.pt, metrics.jsonl, recipe.toml."""
     from pi_lnfree.runs import train_command
 
-    result = train_command(recipe, list(sets or []), out, resume=resume, matrix=matrix)
+    sets = list(sets or [])
+    if init_from is not None:
+        sets.append(f"train.init_from={json.dumps(str(init_from))}")
+    result = train_command(recipe, sets, out, resume=resume, matrix=matrix)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return
     runs = result["runs"] if "runs" in result else [result]

@@ -12,11 +12,16 @@ from typing import Any
 
 from pi_lnfree.errors import UserError
 
-NORMS = ("layernorm", "none")
+NORMS = ("layernorm", "none", "dyt")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
 SLOPE_MODES = ("layer", "global")
 RESIDUALS = ("sequential", "parallel")
 POSITIONS = ("learned", "rotary")
+# The allowed values of ModelConfig's enum-like string fields (for `activation`: of each entry).
+# Recipes type-check these fields against them (pi_lnfree.recipe); `validate` checks them too.
+MODEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "norm": NORMS, "activation": ACTIVATIONS, "slope_mode": SLOPE_MODES, "residual": RESIDUALS, "position": POSITIONS,
+}
 
 
 @dataclass
@@ -28,7 +33,7 @@ class ModelConfig:
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 128
-    norm: str = "layernorm"  # the two per-block norms: "layernorm" or "none"
+    norm: str = "layernorm"  # the two per-block norms: "layernorm", "none" or "dyt" (Dynamic Tanh)
     final_norm: bool = True  # the norm before the LM head, a separate switch
     norm_eps: float = 1e-5
     # One activation name for all layers, or a list with one name per layer (hybrids).
@@ -43,6 +48,11 @@ class ModelConfig:
     bias: bool = True  # biases of all linear layers
     ffn_mult: int = 4
     init_std: float = 0.02
+    dyt_alpha: float = 0.5  # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025)
+    # LayerNorm removal in progress: each LayerNorm carries a running std and a frozen flag
+    # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
+    ln_removal: bool = False
+    head_bias: bool = False  # a bias on the LM head (a folded final norm's bias lands here)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,6 +109,8 @@ class ModelConfig:
         check(self.n_layer > 0 and self.n_head > 0 and self.block_size > 0, "sizes must be positive")
         check(self.n_embd % self.n_head == 0, f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
         check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
+        check(self.dyt_alpha > 0, f"dyt_alpha must be positive, got {self.dyt_alpha}")
+        check(not self.ln_removal or self.norm == "layernorm", "ln_removal needs norm = \"layernorm\"")
         check(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}")
         check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
         check(self.slope_mode in SLOPE_MODES, f"slope_mode must be one of {SLOPE_MODES}, got {self.slope_mode!r}")
@@ -144,20 +156,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sm-r": dict(norm="none", activation="relu"),
     "sm-lrelu-layer": dict(norm="none", activation="learnable_leaky", slope_mode="layer"),
     "sm-lrelu-global": dict(norm="none", activation="learnable_leaky", slope_mode="global"),
+    "sm-dyt-g": dict(norm="dyt", activation="gelu"),
+    "sm-dyt-r": dict(norm="dyt", activation="relu"),
 }
+# Hybrid prefixes (per-layer activation lists) and the per-block norm each one implies.
+HYBRID_PREFIXES = (("sm-ln-hybrid:", "layernorm"), ("sm-dyt-hybrid:", "dyt"), ("sm-hybrid:", "none"))
 
 
 def parse_variant(variant: str, n_layer: int) -> dict[str, Any]:
     """Switches for a variant name.
 
     Besides the names in `VARIANTS`, hybrids are written as a per-layer activation list after
-    `sm-` or `sm-ln-`, comma separated, e.g. `sm-hybrid:relu,relu,gelu,gelu` (LN-free) or
-    `sm-ln-hybrid:relu,gelu` (with LayerNorm). A list shorter than the model is repeated
+    `sm-`, `sm-ln-` or `sm-dyt-`, comma separated, e.g. `sm-hybrid:relu,relu,gelu,gelu` (LN-free),
+    `sm-ln-hybrid:relu,gelu` (with LayerNorm) or `sm-dyt-hybrid:relu,gelu` (Dynamic Tanh). A list shorter than the model is repeated
     block-wise: `sm-hybrid:relu,gelu` on 4 layers is relu,relu,gelu,gelu.
     """
     if variant in VARIANTS:
         return dict(VARIANTS[variant])
-    for prefix, norm in (("sm-ln-hybrid:", "layernorm"), ("sm-hybrid:", "none")):
+    for prefix, norm in HYBRID_PREFIXES:
         if variant.startswith(prefix):
             acts = [a.strip() for a in variant[len(prefix):].split(",") if a.strip()]
             if not acts or n_layer % len(acts):
@@ -167,7 +183,8 @@ def parse_variant(variant: str, n_layer: int) -> dict[str, Any]:
             rep = n_layer // len(acts)
             return dict(norm=norm, activation=[a for a in acts for _ in range(rep)])
     names = ", ".join(VARIANTS)
-    raise UserError(f"unknown variant {variant!r}; known: {names}, sm-hybrid:ACT,..., sm-ln-hybrid:ACT,...")
+    raise UserError(f"unknown variant {variant!r}; known: {names}, sm-hybrid:ACT,..., sm-ln-hybrid:ACT,..., "
+                    "sm-dyt-hybrid:ACT,...")
 
 
 def make_config(preset: str, variant: str = "sm-ln-g", vocab_size: int = 50257, **overrides: Any) -> ModelConfig:
@@ -189,15 +206,18 @@ _ACT_LABEL = {
 
 
 def variant_label(cfg: ModelConfig) -> str:
-    """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid)."""
+    """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid);
+    SM+DyT+R for Dynamic Tanh in place of the norms."""
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
     act = "/".join(labels)
     if "learnable_leaky" in acts:
         act += f"({cfg.slope_mode})"
-    name = "SM+" + ("LN+" if cfg.norm == "layernorm" else "") + act
+    name = "SM+" + {"layernorm": "LN+", "dyt": "DyT+", "none": ""}[cfg.norm] + act
     if not cfg.final_norm:
-        name += " (no final LN)"
+        name += " (no final DyT)" if cfg.norm == "dyt" else " (no final LN)"
+    if cfg.ln_removal:
+        name += " (LN removal in progress)"
     return name
 
 
@@ -210,11 +230,12 @@ def variant_name(cfg: ModelConfig) -> str:
             same_mode = sw.get("slope_mode", cfg.slope_mode) == cfg.slope_mode
             if sw["norm"] == cfg.norm and sw["activation"] == act and same_mode:
                 return name
-    prefix = "sm-ln-hybrid:" if cfg.norm == "layernorm" else "sm-hybrid:"
+    prefix = next(p for p, norm in HYBRID_PREFIXES if norm == cfg.norm)
     return prefix + ",".join(acts)
 
 
 __all__ = [
+    "MODEL_CHOICES",
     "ModelConfig",
     "PRESETS",
     "VARIANTS",
@@ -223,298 +244,3 @@ __all__ = [
     "variant_label",
     "variant_name",
 ]
-
-
-# =============================================================================================
-# Training recipes: TrainConfig and TOML recipe loading
-#
-# A recipe is a TOML file with the sections [data], [model], [train], [optim] and [schedule]
-# (see training/*.toml). Every key has a default below; unknown keys are errors. `--set
-# section.key=value` overrides a key; the value is parsed as a TOML value (true, 3e-4, [1, 2],
-# "text"), and a value that is not valid TOML is taken as a bare string (model.variant=sm-r).
-#
-# data.dir: a relative path written in a recipe file is relative to that file's folder; a
-# relative path given with --set is relative to the current directory. Both are stored absolute.
-
-DATA_KEYS: dict[str, Any] = {
-    "dir": "",  # the prepared data folder
-    # When data.dir holds no prepared folder yet and a source is named, the trainer prepares it
-    # first with these arguments (as `pi-lnfree data prepare` would); otherwise they are unused.
-    "source": "",  # python-stdlib | dir:PATH | files:JSONL | hub:DATASET[,VALID]
-    "vocab_size": 0,  # BPE size to train (0: use data.tokenizer)
-    "tokenizer": "",  # a tokenizer.json (path or hub:REPO) instead of training one
-    "seq_len": 128,
-    "valid_fraction": 0.01,
-}
-TRAIN_KEYS: dict[str, Any] = {
-    "max_steps": 0,  # optimizer steps; 0 -> from max_tokens, else from epochs
-    "max_tokens": 0,  # token budget (trained positions); used when max_steps is 0
-    "epochs": 1.0,  # passes over the train split; used when max_steps and max_tokens are 0
-    "batch_size": 32,  # sequences per micro-batch (per process under DDP)
-    "grad_accum": 1,  # micro-batches per optimizer step
-    "eval_interval": 100,  # steps between evals (0: only at the end)
-    "eval_batches": 8,  # validation batches per eval (0: the whole validation split)
-    "eval_batch_size": 0,  # 0: train.batch_size
-    "ckpt_interval": 100,  # steps between checkpoints (0: only at the end)
-    "log_interval": 10,  # steps between train log lines
-    "entropy_interval": 50,  # steps between headwise-entropy + slope lines (0: off)
-    "entropy_batch_size": 8,  # fixed validation sequences the entropy is computed on
-    "seed": 1337,
-    "device": "auto",  # auto | cpu | cuda | cuda:N
-    "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    "compile": False,  # torch.compile the training model
-    "threads": 0,  # CPU threads for torch (0: leave torch's default)
-    "max_nonfinite": 5,  # this many non-finite steps in a row stop the run
-    "peak_flops": 0.0,  # accelerator peak FLOP/s for MFU (0: look up the GPU, none on CPU)
-    "tensorboard": False,  # also write TensorBoard scalars to RUN_DIR/tb (needs tensorboard)
-    "progress": True,  # rich progress bar on stderr
-    "debug_nonfinite_steps": [],  # test hook: make the loss of these steps NaN
-}
-OPTIM_KEYS: dict[str, Any] = {
-    "lr": 1e-3,
-    "weight_decay": 0.1,  # not on biases, norm gains or slopes (model.param_groups)
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "eps": 1e-8,
-    "grad_clip": 1.0,  # max global grad norm (0: no clipping)
-    "fused": "auto",  # auto | true | false: fused AdamW kernel
-}
-SCHEDULE_KEYS: dict[str, Any] = {
-    "decay": "linear",  # linear | cosine | constant (after warmup)
-    "warmup_steps": 0,  # used when warmup_frac is 0
-    "warmup_frac": 0.0,  # warmup as a fraction of max_steps
-    "min_lr_frac": 0.0,  # final lr = lr * min_lr_frac
-}
-SECTIONS: dict[str, dict[str, Any]] = {
-    "data": DATA_KEYS,
-    "train": TRAIN_KEYS,
-    "optim": OPTIM_KEYS,
-    "schedule": SCHEDULE_KEYS,
-}
-MODEL_KEYS = ("preset", "variant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DECAYS = ("linear", "cosine", "constant")
-# Keys that may differ between a run and its --resume without changing the result.
-RESUME_SAFE_KEYS = ("train.log_interval", "train.ckpt_interval", "train.progress", "train.tensorboard",
-                    "train.max_nonfinite", "train.debug_nonfinite_steps")
-
-
-@dataclass
-class TrainConfig:
-    """A resolved recipe: one flat mapping `section.key -> value` plus typed accessors.
-
-    `model` holds `preset`, `variant` and any ModelConfig field; the other sections hold exactly
-    the keys of `SECTIONS` (defaults filled in).
-    """
-
-    values: dict[str, Any]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def section(self, name: str) -> dict[str, Any]:
-        """The keys of one section, without the prefix."""
-        prefix = name + "."
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
-
-    @property
-    def model_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields set explicitly by the recipe (not preset/variant)."""
-        return {k: v for k, v in self.section("model").items() if k not in MODEL_KEYS}
-
-    def model_config(self, vocab_size: int, seq_len: int | None = None) -> ModelConfig:
-        """Preset + variant + explicit model keys, with the data folder's vocabulary size.
-
-        Unless the recipe sets model.block_size, the context is the data's sequence length
-        (training reads seq_len - 1 positions; entropy logging reads whole sequences).
-        """
-        over = self.model_overrides
-        if seq_len is not None:
-            over.setdefault("block_size", seq_len)
-            if over["block_size"] < seq_len - 1:
-                raise UserError(
-                    f"model.block_size {over['block_size']} is shorter than the data's sequences "
-                    f"({seq_len} tokens need a context of at least {seq_len - 1})"
-                )
-        vocab = over.pop("vocab_size", vocab_size)
-        if vocab < vocab_size:
-            raise UserError(f"model.vocab_size {vocab} is smaller than the data's vocabulary ({vocab_size})")
-        return make_config(self["model.preset"], self["model.variant"], vocab, **over)
-
-    def to_nested(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for key, value in self.values.items():
-            sec, name = key.split(".", 1)
-            out.setdefault(sec, {})[name] = value
-        return out
-
-    def to_toml(self) -> str:
-        """The resolved recipe as TOML text (reads back with `load_recipe`)."""
-        lines = ["# resolved recipe written by pi-lnfree train"]
-        for sec, keys in self.to_nested().items():
-            lines.append(f"\n[{sec}]")
-            lines.extend(f"{name} = {_toml_value(value)}" for name, value in keys.items())
-        return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # also nan, inf and -inf, which TOML spells the same way
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise UserError(f"cannot write {type(value).__name__} value {value!r} to TOML")
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """`section.key=value` -> (key, value); the value is read as TOML, else as a bare string."""
-    import tomllib
-
-    if "=" not in item:
-        raise UserError(f"--set expects section.key=value, got {item!r}")
-    key, raw = (s.strip() for s in item.split("=", 1))
-    if "." not in key:
-        raise UserError(f"--set key must be section.key (e.g. train.max_steps), got {key!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
-
-
-def _flatten(doc: dict[str, Any], where: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for sec, body in doc.items():
-        if not isinstance(body, dict):
-            raise UserError(f"{where}: top-level key {sec!r} must be a [section]")
-        for name, value in body.items():
-            if isinstance(value, dict):
-                raise UserError(f"{where}: {sec}.{name} must be a value, not a table")
-            flat[f"{sec}.{name}"] = value
-    return flat
-
-
-def _check_key(key: str, value: Any, where: str) -> None:
-    sec, _, name = key.partition(".")
-    if sec == "model":
-        fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        if name not in fields and name not in MODEL_KEYS:
-            raise UserError(f"{where}: unknown recipe key {key!r} (model keys: preset, variant or a ModelConfig field)")
-        return
-    if sec not in SECTIONS:
-        raise UserError(f"{where}: unknown recipe section {sec!r} in {key!r}; sections: model, {', '.join(SECTIONS)}")
-    known = SECTIONS[sec]
-    if name not in known:
-        raise UserError(f"{where}: unknown recipe key {key!r}; {sec} keys: {', '.join(known)}")
-    default = known[name]
-    ok = (
-        isinstance(value, type(default))
-        or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
-        or (key == "optim.fused" and isinstance(value, bool))
-    )
-    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
-        ok = False
-    if not ok:
-        raise UserError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
-
-
-def _validate(values: dict[str, Any]) -> None:
-    def check(ok: bool, msg: str) -> None:
-        if not ok:
-            raise UserError(f"invalid recipe: {msg}")
-
-    for key in ("train.batch_size", "train.grad_accum", "train.log_interval", "train.entropy_batch_size"):
-        check(values[key] > 0, f"{key} must be positive, got {values[key]}")
-    for key in ("train.max_steps", "train.max_tokens", "train.eval_interval", "train.ckpt_interval",
-                "train.entropy_interval", "train.eval_batches", "train.eval_batch_size", "train.threads",
-                "schedule.warmup_steps"):
-        check(values[key] >= 0, f"{key} must be >= 0, got {values[key]}")
-    check(values["train.epochs"] > 0, f"train.epochs must be positive, got {values['train.epochs']}")
-    check(values["train.max_nonfinite"] >= 1, "train.max_nonfinite must be at least 1")
-    check(values["train.precision"] in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
-    check(values["schedule.decay"] in DECAYS, f"schedule.decay must be one of {DECAYS}")
-    check(0.0 <= values["schedule.warmup_frac"] < 1.0, "schedule.warmup_frac must be in [0, 1)")
-    check(0.0 <= values["schedule.min_lr_frac"] <= 1.0, "schedule.min_lr_frac must be in [0, 1]")
-    check(values["optim.lr"] > 0, "optim.lr must be positive")
-    check(values["optim.grad_clip"] >= 0, "optim.grad_clip must be >= 0")
-    check(values["optim.fused"] in ("auto", True, False), "optim.fused must be auto, true or false")
-    check(values["train.device"] == "auto" or values["train.device"].split(":")[0] in ("cpu", "cuda"),
-          "train.device must be auto, cpu, cuda or cuda:N")
-    check(bool(values["data.dir"]), "data.dir is not set (a prepared data folder; --set data.dir=PATH)")
-    check(all(isinstance(s, int) for s in values["train.debug_nonfinite_steps"]),
-          "train.debug_nonfinite_steps must be a list of step numbers")
-    check(values["model.preset"] in PRESETS, f"unknown preset {values['model.preset']!r}; known: {', '.join(PRESETS)}")
-
-
-def resolve_recipe(doc: dict[str, Any], sets: list[str] | tuple[str, ...] = (), base_dir: str | None = None,
-                   where: str = "recipe") -> TrainConfig:
-    """Recipe document (parsed TOML) + `--set` items -> a validated TrainConfig.
-
-    `base_dir` is the folder a relative data.dir in `doc` is resolved against (the recipe's
-    folder); a relative data.dir from `sets` is resolved against the current directory.
-    """
-    import os
-
-    flat = _flatten(doc, where)
-    for key, value in flat.items():
-        _check_key(key, value, where)
-    paths = ("data.dir", "data.tokenizer")  # local paths: file-relative in a recipe, cwd-relative in --set
-
-    def is_local(key: str, value: Any) -> bool:
-        return key in paths and bool(value) and not str(value).startswith("hub:")
-
-    for key in paths:
-        if is_local(key, flat.get(key)) and base_dir is not None:
-            flat[key] = os.path.join(base_dir, os.path.expanduser(flat[key]))
-    for item in sets:
-        key, value = parse_set(item)
-        _check_key(key, value, "--set")
-        flat[key] = os.path.expanduser(value) if is_local(key, value) else value
-    values: dict[str, Any] = {"model.preset": "cpu-small", "model.variant": "sm-ln-g"}
-    for sec, keys in SECTIONS.items():
-        values.update({f"{sec}.{name}": (list(v) if isinstance(v, list) else v) for name, v in keys.items()})
-    values.update(flat)
-    for sec, keys in SECTIONS.items():  # a float key given as an integer (lr = 1) is stored as a float
-        for name, default in keys.items():
-            if isinstance(default, float):
-                values[f"{sec}.{name}"] = float(values[f"{sec}.{name}"])
-    for key in paths:
-        if is_local(key, values[key]):
-            values[key] = os.path.abspath(values[key])
-    _validate(values)
-    cfg = TrainConfig(values)
-    cfg.model_config(vocab_size=1)  # check preset, variant and model keys now, before any data is read
-    return cfg
-
-
-def load_toml(path: str, what: str = "recipe") -> dict[str, Any]:
-    """Read a TOML file; missing or malformed files are a UserError."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} is a folder, not a TOML file: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
-
-
-def load_recipe(path: str, sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a recipe TOML file and apply `--set` overrides."""
-    import os
-
-    doc = load_toml(path)
-    return resolve_recipe(doc, sets, base_dir=os.path.dirname(os.path.abspath(path)), where=str(path))
-
-
-__all__ += ["TrainConfig", "load_recipe", "resolve_recipe", "parse_set", "load_toml", "SECTIONS"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pi_lnfree.config import ModelConfig, variant_name
+from pi_lnfree.config import ModelConfig, variant_label, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT
 
@@ -203,7 +203,11 @@ def to_hf(model: GPT) -> Any:
     transformers = _transformers()
     cfg = model.config
     acts = set(cfg.layer_activations())
-    _require(cfg.norm == "layernorm" and cfg.final_norm, "HF models always have LayerNorm")
+    _require(cfg.norm != "dyt", "Dynamic Tanh (norm = dyt) has no GPT-2 / GPT-NeoX counterpart")
+    _require(cfg.norm == "layernorm" and cfg.final_norm, "HF GPT-2 / GPT-NeoX always have LayerNorm (LN-free "
+             "models, including the result of a LayerNorm removal, stay pi-lnfree checkpoints)")
+    _require(not cfg.ln_removal, "a LayerNorm removal is in progress (frozen-scale norms)")
+    _require(not cfg.head_bias, "the LM head has a bias")
     _require(len(acts) == 1 and next(iter(acts)) in ("gelu", "gelu_tanh", "relu"), f"activation {sorted(acts)}")
     _require(cfg.bias, "HF models need biases")
     act = next(iter(acts))
@@ -245,5 +249,5 @@ def convert_folder(src: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
 
     model = from_hf(src)
     save_checkpoint(out, model.state_dict(), model.config, meta={"source": f"hf:{Path(src).resolve()}"})
-    return {"checkpoint": str(out), "variant": variant_name(model.config), "parameters": model.num_parameters(),
-            "config": model.config.to_dict()}
+    return {"checkpoint": str(out), "variant": variant_name(model.config), "label": variant_label(model.config),
+            "parameters": model.num_parameters(), "config": model.config.to_dict()}

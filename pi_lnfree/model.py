@@ -1,6 +1,6 @@
 """The plaintext decoder family: GPT-2 and Pythia shapes with every switch the paper needs.
 
-One `GPT` class covers LayerNorm or no per-block norm (the final norm is its own switch),
+One `GPT` class covers LayerNorm, Dynamic Tanh or no per-block norm (the final norm is its own switch),
 GELU / tanh-GELU / ReLU / leaky ReLU / learnable leaky ReLU (one slope per layer or one shared
 slope) or a per-layer mix, sequential (GPT-2) or parallel (Pythia) residual, learned or partial
 rotary positions, tied or untied embeddings. `pi_lnfree/secure/structure.py` mirrors it block for block for private inference.
@@ -15,12 +15,47 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pi_lnfree.config import ModelConfig
+from pi_lnfree.ln_removal import FreezableLayerNorm
 from pi_lnfree.losses import linear_cross_entropy
 
 
-def make_norm(cfg: ModelConfig, enabled: bool) -> nn.Module:
-    """LayerNorm when enabled, else identity (the LN-free variants)."""
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if enabled else nn.Identity()
+class DyT(nn.Module):
+    """Dynamic Tanh (Zhu, Chen, He, LeCun, Liu, "Transformers without Normalization", CVPR 2025):
+    gamma * tanh(alpha * x) + beta over the last dim, with one learnable scalar alpha (shape (1,),
+    initial value `alpha`) and per-channel gamma (`weight`, ones) and beta (`bias`, zeros).
+    Input and output (..., d)."""
+
+    def __init__(self, d: int, alpha: float):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha)))
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.alpha * x) * self.weight + self.bias
+
+
+def norm_kind(cfg: ModelConfig, final: bool) -> str:
+    """Which module a norm site holds: "layernorm", "dyt" or "none". The per-block sites follow
+    `cfg.norm`; the final site follows `cfg.final_norm`: Dynamic Tanh in a DyT model, else
+    LayerNorm (the authors keep the final LayerNorm of their LN-free models)."""
+    if not final:
+        return cfg.norm
+    if not cfg.final_norm:
+        return "none"
+    return "dyt" if cfg.norm == "dyt" else "layernorm"
+
+
+def make_norm(cfg: ModelConfig, kind: str) -> nn.Module:
+    """The module of one norm site: LayerNorm (with a frozen-scale switch while a LayerNorm
+    removal runs), Dynamic Tanh, or identity (the LN-free variants)."""
+    if kind == "dyt":
+        return DyT(cfg.n_embd, cfg.dyt_alpha)
+    if kind == "layernorm":
+        if cfg.ln_removal:
+            return FreezableLayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.Identity()
 
 
 def activate(x: torch.Tensor, name: str, slope: torch.Tensor | float | None) -> torch.Tensor:
@@ -107,9 +142,9 @@ class Block(nn.Module):
         super().__init__()
         self.parallel = cfg.residual == "parallel"
         self.slope_index = cfg.slope_index()[layer]
-        self.ln_1 = make_norm(cfg, cfg.norm == "layernorm")
+        self.ln_1 = make_norm(cfg, norm_kind(cfg, final=False))
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = make_norm(cfg, cfg.norm == "layernorm")
+        self.ln_2 = make_norm(cfg, norm_kind(cfg, final=False))
         self.mlp = MLP(cfg, cfg.layer_activations()[layer])
 
     def forward(
@@ -133,8 +168,8 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.rotary = RotaryCache(cfg) if cfg.position == "rotary" else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg, cfg.final_norm)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.ln_f = make_norm(cfg, norm_kind(cfg, final=True))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         # Learnable leaky-ReLU slopes: one entry per layer ("layer") or a single shared one
@@ -177,7 +212,7 @@ class GPT(nn.Module):
             if return_attention:
                 attentions.append(att)
         x = self.ln_f(x)
-        if targets is not None and not with_logits and self._chunked_loss_applies(x):
+        if targets is not None and not with_logits and self.lm_head.bias is None and self._chunked_loss_applies(x):
             loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
             out: tuple = (None, loss)
         else:
@@ -206,7 +241,8 @@ class GPT(nn.Module):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay matrices and embeddings; never biases, norm gains or learnable slopes."""
+    """AdamW groups: decay matrices and embeddings; never biases, norm gains, learnable slopes or
+    Dynamic Tanh's alpha, gamma and beta (every parameter with fewer than 2 dims)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:

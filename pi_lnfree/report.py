@@ -120,7 +120,8 @@ def _sha256(path: Path) -> str:
 def open_run(run_dir: str | os.PathLike, data: Path | None = None) -> RunResult:
     """Read a run dir's checkpoint config and identity (no metric is computed)."""
     from pi_lnfree.checkpoint import config_from_checkpoint, load_checkpoint
-    from pi_lnfree.config import variant_label, variant_name
+    from pi_lnfree.config import variant_name
+    from pi_lnfree.objective import run_label
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "ckpt.pt"
@@ -139,7 +140,7 @@ def open_run(run_dir: str | os.PathLike, data: Path | None = None) -> RunResult:
         run_dir=run_dir, name=run_dir.name, family=preset,
         family_title=f"{preset}: {cfg.n_layer} layers, {cfg.n_head} heads, d={cfg.n_embd}, "
                      f"context {cfg.block_size}, vocab {cfg.vocab_size:,}",
-        variant=variant_name(cfg), label=variant_label(cfg), config=cfg, data_dir=data_dir,
+        variant=variant_name(cfg), label=run_label(cfg, train), config=cfg, data_dir=data_dir,
         identity={"file": ckpt_path.name, "sha256": _sha256(ckpt_path), "step": train.get("step")},
     )
     return run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from pi_lnfree.config import DECAYS
+DECAYS = ("linear", "cosine", "constant")  # after warmup
 
 
 class LRSchedule:

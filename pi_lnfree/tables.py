@@ -214,8 +214,22 @@ def operator_share_wide(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def audit_summary(res: dict[str, Any] | None) -> str | None:
+    """The range audit of a secure-eval result in a few words: "ok (min headroom 12%)", or the
+    sites whose inputs are outside an approximation's valid range; None when not audited."""
+    audit = (res or {}).get("audit")
+    if not audit:
+        return None
+    bad = [c for c in audit["checks"] if not c["ok"]]
+    if bad:
+        return "OUT OF RANGE: " + "; ".join(f"{c['site']} {c['approximation']}" for c in bad)
+    rooms = [c["headroom"] for c in audit["checks"] if c["headroom"] is not None]
+    return f"ok (min headroom {100 * min(rooms):.0f}%)" if rooms else "ok"
+
+
 def fidelity_table(runs: Sequence) -> pd.DataFrame:
-    """Secure-eval settings and fidelity per configuration (secure vs plaintext logits)."""
+    """Secure-eval settings, fidelity (secure vs plaintext logits) and the range audit per
+    configuration."""
     rows = []
     for name, run in zip(configuration_names(runs), runs, strict=True):
         res = run.pieces.get("secure")
@@ -231,6 +245,7 @@ def fidelity_table(runs: Sequence) -> pd.DataFrame:
             "mean |logit error|": fid.get("mean_abs_logit_error"),
             "plain PPL": fid.get("plain_ppl"),
             "secure PPL": fid.get("secure_ppl"),
+            "range audit": audit_summary(res),
         })
     return pd.DataFrame(rows)
 

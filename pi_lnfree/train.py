@@ -19,17 +19,25 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pi_lnfree.checkpoint import load_checkpoint, save_checkpoint
-from pi_lnfree.config import RESUME_SAFE_KEYS, TrainConfig, variant_label, variant_name
+from pi_lnfree.checkpoint import (
+    config_from_checkpoint,
+    load_checkpoint,
+    load_initial_weights,
+    save_checkpoint,
+)
+from pi_lnfree.config import variant_label, variant_name
 from pi_lnfree.errors import UserError
+from pi_lnfree.ln_removal import RemovalSchedule, apply_schedule, check_removable, fold_frozen_norms
 from pi_lnfree.model import GPT, param_groups
+from pi_lnfree.objective import PART_KEYS, Objective, run_label
 from pi_lnfree.progress import console
+from pi_lnfree.recipe import RESUME_SAFE_KEYS, TrainConfig
 from pi_lnfree.runlog import MetricsLog
 from pi_lnfree.runtime import (
     Runtime,
@@ -59,6 +67,7 @@ class Counters:
     nonfinite_in_a_row: int = 0
     loss_sum: float = 0.0  # finite step losses since the last train line
     loss_count: int = 0
+    parts_sum: dict = field(default_factory=dict)  # objective parts since the last train line
 
 
 def plan_steps(recipe: TrainConfig, n_train: int, seqs_per_step: int, positions: int) -> int:
@@ -77,11 +86,15 @@ def plan_steps(recipe: TrainConfig, n_train: int, seqs_per_step: int, positions:
     return steps
 
 
-def make_optimizer(model: torch.nn.Module, recipe: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over `param_groups` (no decay on biases, norm gains, slopes); fused when possible."""
+def make_optimizer(model: torch.nn.Module, recipe: TrainConfig, device: torch.device,
+                   extra: list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (no decay on biases, norm gains, slopes) plus `extra` parameters
+    trained beside the model (no decay either); fused when possible."""
     o = recipe.section("optim")
     kwargs = dict(lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
     groups = param_groups(model, o["weight_decay"])
+    if extra:
+        groups.append({"params": list(extra), "weight_decay": 0.0})
     if o["fused"] is False:
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
     try:
@@ -107,10 +120,20 @@ class Trainer:
         self.seqs_per_step = t["batch_size"] * t["grad_accum"] * rt.world
         self.tokens_per_step = self.seqs_per_step * self.positions
         self.total_steps = plan_steps(recipe, len(self.folder.train), self.seqs_per_step, self.positions)
+        self.removal = RemovalSchedule.from_recipe(recipe)
+        if self.cfg.ln_removal and self.removal is None:
+            raise UserError("model.ln_removal is set by the trainer during a LayerNorm removal (train.ln_remove_*)")
+        if self.removal is not None:
+            check_removable(self.cfg, self.removal, self.total_steps)
+            self.cfg = self.cfg.replace(ln_removal=True)
+        self.folded = False  # LayerNorm removal: the frozen norms were folded into the weights
+        self.just_frozen: list[str] = []  # norms the last step froze
 
         seed_everything(t["seed"])
         self.model = GPT(self.cfg).to(rt.device)
-        self.optimizer = make_optimizer(self.model, recipe, rt.device)
+        with torch.random.fork_rng(devices=[]):  # a teacher's construction must not shift the student's RNG
+            self.objective = Objective(recipe, self.cfg, self.folder, self.positions, rt.device)
+        self.optimizer = make_optimizer(self.model, recipe, rt.device, self.objective.extra_parameters)
         self.schedule = LRSchedule.from_recipe(recipe, self.total_steps)
         self.sampler = RandomChunkSampler(self.folder.train, t["batch_size"] * rt.world, t["seed"])
         self.scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
@@ -119,9 +142,12 @@ class Trainer:
         ckpt_path = self.run_dir / "ckpt.pt"
         if ckpt_path.exists() and not resume:
             raise UserError(f"{self.run_dir} already holds a run (ckpt.pt): pass --resume or choose a new --out")
+        self.init_info = None
         if resume and ckpt_path.exists():
             self._restore(ckpt_path)
             self.resumed = True
+        elif t["init_from"]:
+            self.init_info = load_initial_weights(self.model, t["init_from"], self.folder)
         self.train_model = self._wrap(self.model)
         self.flops_token = flops_per_token(self.model, self.positions)
         self.peak = peak_flops(rt, t["peak_flops"])
@@ -158,8 +184,14 @@ class Trainer:
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.recipe.values.get(k)!r}" for k in diff[:4])
             raise UserError(f"--resume with a different recipe than {path} was trained with ({shown})")
+        if state.get("ln_folded"):  # a finished LayerNorm removal: the checkpoint is the folded model
+            self.cfg = config_from_checkpoint(ckpt, path)
+            self.model = GPT(self.cfg).to(self.rt.device)
+            self.folded = True
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if not self.folded:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.objective.load_state_dict(state, str(path))
         self.schedule.load_state_dict(state["schedule"])
         self.sampler.load_state_dict(state["sampler"])
         if self.scaler is not None and state.get("scaler"):
@@ -181,6 +213,8 @@ class Trainer:
             "recipe": dict(self.recipe.values),
             "data_dir": self.recipe["data.dir"],
             "variant": variant_name(self.cfg),
+            "ln_folded": self.folded,
+            **self.objective.state_dict(),
         }
 
     def _meta(self) -> dict[str, Any]:
@@ -191,6 +225,8 @@ class Trainer:
             "data_dir": self.recipe["data.dir"],
             "tokenizer_sha256": getattr(self.folder, "tokenizer_sha256", None),
             "seq_len": int(self.folder.seq_len),
+            **({"distilled_from": self.objective.teacher_info} if self.objective.teacher_info else {}),
+            **({"init_from": self.recipe["train.init_from"]} if self.recipe["train.init_from"] else {}),
         }
 
     def save(self, name: str, with_optimizer: bool = True) -> None:
@@ -199,21 +235,26 @@ class Trainer:
             return
         save_checkpoint(
             self.run_dir / name, self.model.state_dict(), self.cfg, train=self._train_state(),
-            optimizer=self.optimizer.state_dict() if with_optimizer else None, meta=self._meta(),
+            optimizer=self.optimizer.state_dict() if with_optimizer and not self.folded else None,
+            meta=self._meta(),
         )
 
     # -- one step -----------------------------------------------------------------------------
-    def step(self) -> tuple[float, float, bool]:
-        """One optimizer step over grad_accum micro-batches -> (loss, grad norm, applied)."""
+    def step(self) -> tuple[float, float, bool, dict[str, float]]:
+        """One optimizer step over grad_accum micro-batches -> (CE loss, grad norm, applied, parts),
+        parts: the objective's other terms (`pi_lnfree.objective`), means over the micro-batches."""
         from pi_lnfree.data import to_device
 
         rt, t = self.rt, self.t
+        if self.removal is not None:
+            self.just_frozen = apply_schedule(self.model, self.removal, self.c.step + 1)
         lr = self.schedule.lr_at(self.c.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum, lo, hi = t["grad_accum"], rt.rank * t["batch_size"], (rt.rank + 1) * t["batch_size"]
         poison = (self.c.step + 1) in t["debug_nonfinite_steps"]
         loss_acc = torch.zeros((), device=rt.device)
+        parts_acc = torch.zeros(len(PART_KEYS), device=rt.device)
         for micro in range(accum):
             batch = to_device(self.sampler.next_batch()[lo:hi], rt.device)
             sync = contextlib.nullcontext()
@@ -221,20 +262,31 @@ class Trainer:
                 sync = self.train_model.no_sync()
             with sync:
                 with rt.autocast():
-                    _, loss = self.train_model(batch[:, :-1], batch[:, 1:], with_logits=False)
+                    objective, loss, parts = self.objective(self.train_model, batch[:, :-1], batch[:, 1:])
                 if poison:
-                    loss = loss * float("nan")
-                scaled = loss / accum
+                    objective = objective * float("nan")
+                scaled = objective / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_acc += loss.detach()
+            parts_acc += torch.stack([parts[k].float() if k in parts else parts_acc.new_zeros(())
+                                      for k in PART_KEYS])
+            if poison:
+                loss_acc += float("nan")
+        params = [*self.model.parameters(), *self.objective.extra_parameters]
+        for p in self.objective.extra_parameters:  # not inside DDP: average their gradients here
+            if rt.distributed and p.grad is not None:
+                p.grad.copy_(all_reduce_sum(p.grad, rt) / rt.world)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.recipe["optim.grad_clip"] or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # Mean loss over ranks; the grad norm is the same on every rank (gradients are all-reduced).
-        stats = all_reduce_sum(torch.stack([loss_acc / accum, grad_norm.float()]), rt) / rt.world
-        loss_v, gnorm_v = stats.tolist()
-        finite = math.isfinite(loss_v) and (self.scaler is not None or math.isfinite(gnorm_v))
+        stats = all_reduce_sum(torch.cat([torch.stack([loss_acc / accum, grad_norm.float()]), parts_acc / accum]),
+                               rt) / rt.world
+        loss_v, gnorm_v, *part_values = stats.tolist()
+        parts_v = {k: v for k, v in zip(PART_KEYS, part_values, strict=True) if self._has_part(k)}
+        finite = (math.isfinite(loss_v) and all(math.isfinite(v) for v in parts_v.values())
+                  and (self.scaler is not None or math.isfinite(gnorm_v)))
         if finite:
             if self.scaler is not None:  # the scaler itself skips steps whose fp16 grads overflowed
                 self.scaler.step(self.optimizer)
@@ -244,7 +296,18 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step = self.c.step + 1
-        return loss_v, gnorm_v, finite
+        return loss_v, gnorm_v, finite, parts_v
+
+    def _has_part(self, key: str) -> bool:
+        o = self.objective
+        return {"objective": not o.plain, "entropy_penalty": o.thresholds is not None,
+                "distill_kl": o.teacher is not None}[key]
+
+    def fold_norms(self) -> None:
+        """LayerNorm removal, after the last step: fold every frozen norm into the weights."""
+        self.model = fold_frozen_norms(self.model).train()
+        self.cfg = self.model.config
+        self.folded = True
 
     # -- periodic work ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -264,10 +327,25 @@ class Trainer:
 
         with torch.no_grad():  # full precision: a few sequences, and bf16 probabilities would blur eq. 8
             ent = headwise_entropy(self.model, self.entropy_idx)
-        return {"entropy": ent.tolist(), "slopes": self.model.slope_values()}
+        return {"entropy": ent.tolist(), "slopes": self.model.slope_values(), **self.objective.record()}
 
     def due(self, interval: int) -> bool:
         return self.c.step == self.total_steps or (interval > 0 and self.c.step % interval == 0)
+
+
+def _extras_lines(tr: Trainer) -> list[str]:
+    """What the run adds to plain training, one line each, for the start message."""
+    lines = []
+    if tr.init_info is not None:
+        differs = f" (differs from the recipe's model in {', '.join(tr.init_info['differs'])})" \
+            if tr.init_info["differs"] else ""
+        lines.append(f"  weights from {tr.init_info['path']} ({tr.init_info['variant']}){differs}")
+    lines += tr.objective.describe()
+    if tr.removal is not None:
+        r = tr.removal
+        lines.append(f"  LayerNorm removal: MLP norms freeze from step {r.mlp}, attention norms from {r.attn}, "
+                     f"final norm at {r.final} (gap {r.gap}); folded after step {tr.total_steps}")
+    return lines
 
 
 def _fmt(x: float) -> str:
@@ -283,7 +361,8 @@ def ensure_data(recipe: TrainConfig) -> None:
 
     console.print(f"preparing {d['dir']} from {d['source']} (data.source in the recipe)", highlight=False)
     prepare(source=d["source"], out=Path(d["dir"]), vocab_size=d["vocab_size"] or None,
-            tokenizer=d["tokenizer"] or None, seq_len=d["seq_len"], valid_fraction=d["valid_fraction"])
+            tokenizer=d["tokenizer"] or None, seq_len=d["seq_len"], valid_fraction=d["valid_fraction"],
+            limit_mb=d["limit_mb"] or None, text_column=d["text_column"])
 
 
 def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool = False) -> dict[str, Any]:
@@ -321,6 +400,8 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
             f"{tr.total_steps} steps x {tr.tokens_per_step:,} tokens, {rt.device} {rt.precision} -> {run_dir}",
             highlight=False,
         )
+        for line in _extras_lines(tr):
+            console.print(line, highlight=False, soft_wrap=True)
     if c.step == 0 and t["entropy_interval"] > 0 and rt.is_main:
         write({"step": 0, "tokens": 0, **tr.entropy_record()})
 
@@ -333,10 +414,12 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
             task = bar.add_task(variant_name(tr.cfg), total=tr.total_steps, completed=c.step, loss="-", tps="-")
             while c.step < tr.total_steps:
                 t0 = time.perf_counter()
-                loss, gnorm, applied = tr.step()
+                loss, gnorm, applied, parts = tr.step()
                 dt = time.perf_counter() - t0
                 c.step += 1
                 c.tokens += tr.tokens_per_step
+                if tr.just_frozen:
+                    write({"step": c.step, "tokens": c.tokens, "ln_frozen": tr.just_frozen})
                 train_seconds += dt
                 session_tokens += tr.tokens_per_step
                 span_tokens += tr.tokens_per_step
@@ -345,6 +428,8 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
                     c.nonfinite_in_a_row = 0
                     c.loss_sum += loss
                     c.loss_count += 1
+                    for k, v in parts.items():
+                        c.parts_sum[k] = c.parts_sum.get(k, 0.0) + v
                 else:
                     c.nonfinite_total += 1
                     c.nonfinite_in_a_row += 1
@@ -367,10 +452,16 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
                            "grad_norm": gnorm, "tokens_per_s": tps, "nonfinite": c.nonfinite_total}
                     if tr.peak:
                         rec["mfu"] = tps * tr.flops_token / tr.peak
+                    rec.update({k: v / c.loss_count for k, v in c.parts_sum.items()} if c.loss_count else {})
                     write(rec)
                     tr.last.update(loss=avg)
-                    c.loss_sum, c.loss_count, span_tokens, span_seconds = 0.0, 0, 0, 0.0
+                    c.loss_sum, c.loss_count, c.parts_sum, span_tokens, span_seconds = 0.0, 0, {}, 0, 0.0
                     bar.update(task, loss=_fmt(avg), tps=f"{tps:,.0f}")
+                if c.step == tr.total_steps and tr.removal is not None and not tr.folded:
+                    tr.fold_norms()
+                    if rt.is_main:
+                        write({"step": c.step, "tokens": c.tokens, "ln_folded": True, "variant": variant_name(tr.cfg),
+                               "variant_label": variant_label(tr.cfg)})
                 if tr.due(t["eval_interval"]):
                     res = tr.evaluate() if rt.is_main else None
                     if res is not None:
@@ -391,7 +482,7 @@ def run_training(recipe: TrainConfig, run_dir: Path, rt: Runtime, resume: bool =
     return {
         "run_dir": str(run_dir),
         "variant": variant_name(tr.cfg),
-        "label": variant_label(tr.cfg),
+        "label": run_label(tr.cfg, {"recipe": recipe.values, **tr.objective.state_dict()}),
         "steps": c.step,
         "tokens": c.tokens,
         "final_loss": tr.last.get("loss"),

@@ -21,3 +21,19 @@ def data_dir(tmp_path_factory) -> Path:
     manifest = prepare(out=out, **DATA_DIR_ARGS)
     assert manifest["chunks"]["valid"] >= 64 and manifest["chunks"]["train"] >= 1000
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ln_run(data_dir, tmp_path_factory) -> Path:
+    """A run dir holding a `tiny` SM+LN+G model trained 150 steps on `data_dir` (a pretrained-like
+    LayerNorm model: teacher, starting point of fine-tuning and of LayerNorm removal)."""
+    import json
+
+    from pi_lnfree.runs import train_command
+
+    run = tmp_path_factory.mktemp("tiny-ln") / "run"
+    recipe = Path(__file__).resolve().parents[1] / "training" / "tiny.toml"
+    sets = [f"data.dir={json.dumps(str(data_dir))}", "train.progress=false", "train.max_steps=150",
+            "train.eval_interval=150", "train.ckpt_interval=150", "train.entropy_interval=0"]
+    train_command(recipe, sets, run)
+    return run

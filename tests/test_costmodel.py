@@ -147,9 +147,10 @@ def test_cost_json_matches_secure_eval_shape_and_network_model(capsys):
     out = json.loads(captured.out)
     assert "predicted" in captured.err and "linear" in captured.err  # the rich table goes to stderr
     assert out["predicted"] is True and "fidelity" not in out
-    for key in ("checkpoint", "variant", "protocol", "seq_len", "samples", "total", "per_token", "ops", "network"):
+    for key in ("checkpoint", "variant", "label", "protocol", "seq_len", "samples", "total", "per_token", "ops",
+                "network"):
         assert key in out
-    assert out["variant"] == "SM+LN+G" and out["seq_len"] == 128 and out["checkpoint"] is None
+    assert (out["variant"], out["label"]) == ("sm-ln-g", "SM+LN+G") and out["seq_len"] == 128 and out["checkpoint"] is None
     assert out["wall_seconds"] < 1.0  # the prediction itself (imports aside)
     total = out["total"]
     for fld in ("bytes", "rounds", "seconds"):
@@ -211,11 +212,12 @@ def test_cost_from_checkpoint_and_overrides(tmp_path, capsys):
     save_checkpoint(ckpt, GPT(cfg).state_dict(), cfg)
     main(["cost", str(ckpt), "--protocol", str(TFP), "--seq-len", "16", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["checkpoint"] == str(ckpt) and out["variant"] == "SM+LLR(global)" and out["seq_len"] == 16
+    assert out["checkpoint"] == str(ckpt) and out["seq_len"] == 16
+    assert (out["variant"], out["label"]) == ("sm-lrelu-global", "SM+LLR(global)")
     assert out["ops"]["layernorm"]["calls"] == 1 and out["ops"]["activation"]["calls"] == 2
     main(["cost", str(tmp_path), "--set", "model.final_norm=false", "--protocol", str(TFP), "--seq-len", "16", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["ops"]["layernorm"]["calls"] == 0 and out["variant"] == "SM+LLR(global) (no final LN)"
+    assert out["ops"]["layernorm"]["calls"] == 0 and out["label"] == "SM+LLR(global) (no final LN)"
     with pytest.raises(SystemExit) as exc:
         main(["cost", str(ckpt), "--preset", "tiny", "--protocol", str(TFP), "--seq-len", "16"])
     assert exc.value.code == 2

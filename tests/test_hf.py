@@ -100,7 +100,8 @@ def test_convert_command_from_saved_folder(tmp_path, capsys):
     import json
 
     result = json.loads(capsys.readouterr().out)
-    assert result["variant"] == "sm-ln-g" and result["parameters"] == sum(p.numel() for p in hf.parameters())
+    assert (result["variant"], result["label"]) == ("sm-ln-g", "SM+LN+G")
+    assert result["parameters"] == sum(p.numel() for p in hf.parameters())
     model, _ = load_model(out)
     idx = torch.randint(0, 101, (1, 32))
     with torch.no_grad():

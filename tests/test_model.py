@@ -16,17 +16,18 @@ def expected_params(cfg: ModelConfig) -> int:
     """Hand count of the parameters of a configuration (tied embedding counted once)."""
     d, f, L = cfg.n_embd, cfg.ffn_dim, cfg.n_layer
     b = 1 if cfg.bias else 0
-    ln = 2 * d
+    ln = 2 * d + (1 if cfg.norm == "dyt" else 0)  # gain and bias (+ DyT's scalar alpha)
     per_block = (d * 3 * d + b * 3 * d) + (d * d + b * d) + (d * f + b * f) + (f * d + b * d)
-    per_block += 2 * ln if cfg.norm == "layernorm" else 0
+    per_block += 2 * ln if cfg.norm != "none" else 0
     total = L * per_block + cfg.vocab_size * d
     total += cfg.block_size * d if cfg.position == "learned" else 0
     total += ln if cfg.final_norm else 0
     total += 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    total += cfg.vocab_size if cfg.head_bias else 0
     return total + cfg.n_slopes
 
 
-ALL = list(VARIANTS) + ["sm-hybrid:relu,gelu", "sm-ln-hybrid:gelu_tanh,relu"]
+ALL = list(VARIANTS) + ["sm-hybrid:relu,gelu", "sm-ln-hybrid:gelu_tanh,relu", "sm-dyt-hybrid:relu,gelu"]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "pythia-70m"])

@@ -151,6 +151,7 @@ def test_secure_eval_piece_in_the_tables(run_dirs, computed, tmp_path):
     assert "no secure-crypten-2pc-tfp-T8.json" in summary["missing"][str(run_dirs[1])]["secure"]
     fid = pd.read_csv(tmp_path / "tables" / "fidelity-tiny.csv")
     assert fid.loc[0, "top-1 agreement"] == sec["fidelity"]["top1_agreement"]
+    assert sec["audit"]["ok"] and fid.loc[0, "range audit"].startswith("ok (min headroom")
     assert Path(summary["figures"]["tiny"]["operator costs"]).is_file()
 
 

@@ -83,7 +83,7 @@ def runs(data_dir, tmp_path_factory):
 def test_result_shape_and_metering_totals(runs):
     for key in ("gelu", "relu"):
         r = runs[key]
-        for field in ("checkpoint", "variant", "protocol", "seq_len", "samples", "total", "per_token", "ops",
+        for field in ("checkpoint", "variant", "label", "protocol", "seq_len", "samples", "total", "per_token", "ops",
                       "network", "fidelity"):
             assert field in r
         assert r["seq_len"] == T and r["samples"] == 1
@@ -115,7 +115,8 @@ def test_both_variants_run_fast_and_faithfully(runs):
 
 def test_layernorm_and_activation_costs(runs):
     gelu, relu = runs["gelu"]["ops"], runs["relu"]["ops"]
-    assert runs["gelu"]["variant"] == "SM+LN+G" and runs["relu"]["variant"] == "SM+R"
+    assert (runs["gelu"]["variant"], runs["gelu"]["label"]) == ("sm-ln-g", "SM+LN+G")
+    assert (runs["relu"]["variant"], runs["relu"]["label"]) == ("sm-r", "SM+R")
     assert gelu["layernorm"]["calls"] == 2 * 2 + 1  # two per block + final
     assert relu["layernorm"]["calls"] == 1 and relu["layernorm"]["bytes"] > 0  # final norm only
     assert relu["layernorm"]["bytes"] < gelu["layernorm"]["bytes"] / 4

@@ -26,6 +26,9 @@ CONFIGS = {
     "pythia-like": dict(variant="sm-ln-g", position="rotary", residual="parallel", tie_embeddings=False,
                         rotary_pct=0.5),
     "no bias": dict(variant="sm-r", bias=False),
+    "dyt relu": dict(variant="sm-dyt-r"),
+    "dyt gelu, parallel, rotary": dict(variant="sm-dyt-g", position="rotary", residual="parallel"),
+    "lm-head bias (folded LN removal)": dict(variant="sm-g", final_norm=False, head_bias=True, tie_embeddings=False),
 }
 
 
@@ -96,6 +99,19 @@ def test_recorder_sites_name_where_the_structure_is():
     Decoder(cfg, load_weights(cfg, None, ops), ops).forward(ops.tokens(None, 8, 64))
     assert ("embedding", "embedding") in seen and ("final", "lm_head") in seen
     assert ("block 1 mlp", "activation:relu") in seen and ("block 0 attention", "softmax") in seen
+
+
+def test_dyt_is_recorded_as_its_own_layernorm_kind():
+    kinds = [(c.category, c.kind) for c in trace(make_config("tiny", "sm-dyt-r", vocab_size=64), 8)]
+    assert kinds.count(("layernorm", "dyt")) == 5 and ("layernorm", "layernorm") not in kinds
+
+
+def test_a_layernorm_removal_in_progress_is_refused():
+    from pi_lnfree.secure.structure import NotSupportedUnderMPC
+
+    cfg = make_config("tiny", "sm-ln-g", vocab_size=64, ln_removal=True)
+    with pytest.raises(NotSupportedUnderMPC, match="LayerNorm removal in progress"):
+        check_supported(cfg, load_profile("protocols/crypten-2pc-ttp.toml"))
 
 
 def test_check_supported_refuses_a_slope_below_the_fixed_point_resolution():

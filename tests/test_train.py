@@ -17,8 +17,8 @@ import torch
 
 from pi_lnfree.checkpoint import load_checkpoint, load_model
 from pi_lnfree.cli import main
-from pi_lnfree.config import load_recipe, parse_set, resolve_recipe
 from pi_lnfree.errors import UserError
+from pi_lnfree.recipe import load_recipe
 from pi_lnfree.runs import load_matrix, train_command
 from pi_lnfree.runtime import setup_runtime
 from pi_lnfree.schedule import LRSchedule
@@ -39,52 +39,7 @@ def tiny_sets(data_dir: Path, *extra: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# recipes and schedule (no training)
-
-
-def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
-    recipe = tmp_path / "r" / "x.toml"
-    recipe.parent.mkdir()
-    recipe.write_text('[data]\ndir = "../d"\n[model]\npreset = "tiny"\nactivation = "relu"\n[train]\nmax_steps = 7\n')
-    cfg = load_recipe(str(recipe))
-    assert cfg["data.dir"] == str(tmp_path / "d")  # relative to the recipe file
-    assert cfg["train.max_steps"] == 7 and cfg["train.batch_size"] == 32  # defaults filled in
-    monkeypatch.chdir(tmp_path / "r")
-    cfg = load_recipe(str(recipe), ["data.dir=elsewhere", "model.final_norm=false", "optim.lr=3e-4",
-                                    "train.debug_nonfinite_steps=[2, 3]"])
-    assert cfg["data.dir"] == str(tmp_path / "r" / "elsewhere")  # --set: relative to the cwd
-    assert cfg["optim.lr"] == 3e-4 and cfg["train.debug_nonfinite_steps"] == [2, 3]
-    mc = cfg.model_config(vocab_size=100, seq_len=64)
-    assert (mc.activation, mc.final_norm, mc.block_size, mc.n_layer) == ("relu", False, 64, 2)
-    # The resolved recipe round-trips through the TOML writer.
-    out = tmp_path / "resolved.toml"
-    out.write_text(cfg.to_toml())
-    assert load_recipe(str(out)).values == cfg.values
-
-
-@pytest.mark.parametrize("bad, message", [
-    ("train.max_step=3", "unknown recipe key 'train.max_step'"),
-    ("model.n_layers=3", "unknown recipe key 'model.n_layers'"),
-    ("trian.seed=3", "unknown recipe section 'trian'"),
-    ("train.batch_size=true", "train.batch_size must be int"),
-    ("train.precision=fp8", "train.precision must be one of"),
-    ("model.variant=sm-x", "unknown variant 'sm-x'"),
-    ("noequals", "--set expects section.key=value"),
-])
-def test_recipe_rejects_bad_keys(bad, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        load_recipe(str(TINY), ["data.dir=/x", bad])
-
-
-def test_recipe_rejects_unknown_key_in_file(tmp_path):
-    with pytest.raises(UserError, match="unknown recipe key 'optim.lr_max'"):
-        resolve_recipe({"data": {"dir": "/x"}, "optim": {"lr_max": 1.0}})
-
-
-def test_parse_set_reads_toml_values():
-    assert parse_set("train.compile=true") == ("train.compile", True)
-    assert parse_set("model.activation=[\"relu\", \"gelu\"]") == ("model.activation", ["relu", "gelu"])
-    assert parse_set("model.variant=sm-hybrid:relu,gelu") == ("model.variant", "sm-hybrid:relu,gelu")
+# schedule (no training; recipes: test_recipe.py)
 
 
 def test_schedule_matches_hand_computation():
@@ -189,10 +144,11 @@ def test_every_paper_variant_trains_and_slopes_are_logged(data_dir, tmp_path):
 def test_matrix_files_parse(tmp_path):
     recipe, runs = load_matrix(ROOT / "training" / "hybrid-variants.toml")
     assert recipe == ROOT / "training" / "cpu.toml"
-    assert runs == [("sm-g", ['model.variant="sm-g"']), ("sm-r", ['model.variant="sm-r"']),
-                    ("sm-relu-then-gelu", ['model.variant="sm-hybrid:relu,gelu"']),
-                    ("sm-gelu-then-relu", ['model.variant="sm-hybrid:gelu,relu"'])]
-    cfg = load_recipe(str(recipe), ["data.dir=/x", *runs[2][1]]).model_config(4096, 128)
+    assert [(name, doc) for name, (_, doc, _) in runs] == [
+        ("sm-g", {"model": {"variant": "sm-g"}}), ("sm-r", {"model": {"variant": "sm-r"}}),
+        ("sm-relu-then-gelu", {"model": {"variant": "sm-hybrid:relu,gelu"}}),
+        ("sm-gelu-then-relu", {"model": {"variant": "sm-hybrid:gelu,relu"}})]
+    cfg = load_recipe(str(recipe), ["data.dir=/x"], extra=[runs[2][1]]).model_config(4096, 128)
     assert cfg.layer_activations() == ["relu", "relu", "gelu", "gelu"] and cfg.norm == "none"
     bad = tmp_path / "bad.toml"
     bad.write_text('variants = ["sm-r"]\nrecipes = "x.toml"\n')
@@ -331,7 +287,8 @@ def test_cli_json_output(data_dir, tmp_path, capsys):
     main(["train", "--recipe", str(TINY), "--set", f"data.dir={data_dir}", "--set", "train.max_steps=3",
           "--set", "train.progress=false", "--out", str(tmp_path / "j"), "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["steps"] == 3 and out["tokens"] == 3 * 8 * 63 and out["variant"] == "sm-ln-g"
+    assert out["steps"] == 3 and out["tokens"] == 3 * 8 * 63
+    assert (out["variant"], out["label"]) == ("sm-ln-g", "SM+LN+G")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun processes")

@@ -13,6 +13,7 @@ the error stays within the tolerance below.
 | reciprocal, Newton     | softmax row sum (>= 1)        | 1/x              | 1e-1 relative         |
 | GELU tanh formula      | gelu (profile gelu="tanh"), gelu_tanh | tanh-GELU | 1e-2 x max(1, abs(x)) |
 | GELU x sigmoid(1.702x) | gelu (gelu="sigmoid")         | x sigmoid(1.702x)| 1e-2 x max(1, abs(x)) |
+| tanh (Dynamic Tanh)    | DyT, on alpha x               | tanh             | 1e-2 absolute         |
 | inv_sqrt (CrypTen)     | LayerNorm (layernorm_inv_sqrt="crypten") | 1/sqrt(v) | 1e-2 relative   |
 
 Notes on the sources: CrypTen's exp squares `1 + x/2^n` n times (n = exp_iterations); for
@@ -115,6 +116,7 @@ class ValidRange:
     high: float
     tolerance: str
     source: str
+    sides: str = "both"  # which limits an input can approach: "both", "low" or "high"
 
     def contains(self, lo: float, hi: float) -> bool:
         return self.low <= lo and hi <= self.high
@@ -123,9 +125,9 @@ class ValidRange:
         """How far the observed [lo, hi] may grow before leaving the range, as a fraction of the
         range's own limit on the side that binds first (negative when already outside)."""
         rooms = []
-        if math.isfinite(self.high) and self.high != 0:
+        if self.sides != "low" and math.isfinite(self.high) and self.high != 0:
             rooms.append((self.high - hi) / abs(self.high))
-        if math.isfinite(self.low) and self.low != 0:
+        if self.sides != "high" and math.isfinite(self.low) and self.low != 0:
             rooms.append((lo - self.low) / abs(self.low))
         return min(rooms) if rooms else math.inf
 
@@ -152,7 +154,7 @@ def exp_range(exp_iterations: int, frac_bits: int = FRAC_BITS) -> ValidRange:
     ok = (exp_limit(x, exp_iterations, frac_bits) - torch.exp(x)).abs() <= 1e-2
     low, _ = _interval(x, ok, 0.0)
     return ValidRange("softmax exp", low, 0.0, "1e-2 absolute",
-                      f"CrypTen exp (1 + x/2^{exp_iterations})^(2^{exp_iterations}), on z - row max")
+                      f"CrypTen exp (1 + x/2^{exp_iterations})^(2^{exp_iterations}), on z - row max", "low")
 
 
 @functools.cache
@@ -161,7 +163,7 @@ def reciprocal_range(nr_iters: int, exp_iterations: int, frac_bits: int = FRAC_B
     ok = ((reciprocal_newton(x, nr_iters, exp_iterations, frac_bits=frac_bits) * x) - 1).abs() <= 1e-1
     _, high = _interval(x, ok, 1.0)
     return ValidRange("softmax reciprocal", 1.0, high, "1e-1 relative",
-                      f"CrypTen reciprocal, {nr_iters} Newton steps from 3 exp(1 - 2x) + 0.003, on the row sum")
+                      f"CrypTen reciprocal, {nr_iters} Newton steps from 3 exp(1 - 2x) + 0.003, on the row sum", "high")
 
 
 def _gelu_like_range(name: str, approx: Array, exact: Array, x: Array, source: str) -> ValidRange:
@@ -185,6 +187,15 @@ def activation_range(profile: ProtocolProfile, activation: str) -> ValidRange | 
         return _gelu_like_range("GELU (x sigmoid(1.702x))", gelu_sigmoid(x, n), exact, x,
                                 f"CrypTen sigmoid with exp_iterations={n}")
     return None
+
+
+def tanh_range(profile: ProtocolProfile) -> ValidRange:
+    """Valid inputs of CrypTen's tanh (Dynamic Tanh's alpha x) under `profile`."""
+    x = torch.linspace(-4096.0, 4096.0, 102_401, dtype=torch.float64)
+    ok = (tanh_reciprocal(x, profile.exp_iterations) - torch.tanh(x)).abs() <= 1e-2
+    low, high = _interval(x, ok, 0.0)
+    return ValidRange("Dynamic Tanh tanh(alpha x)", low, high, "1e-2 absolute",
+                      f"tanh(u) = 2 sigmoid(2u) - 1 with CrypTen's exp, exp_iterations={profile.exp_iterations}")
 
 
 def layernorm_range(profile: ProtocolProfile) -> ValidRange:
@@ -222,5 +233,6 @@ __all__ = [
     "reciprocal_newton",
     "reciprocal_range",
     "sigmoid_reciprocal",
+    "tanh_range",
     "tanh_reciprocal",
 ]

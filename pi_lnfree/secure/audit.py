@@ -10,7 +10,7 @@ compares it with the valid ranges derived for the profile's settings
 * softmax: the exponential's input z - row max (its minimum is minus the largest spread between
   a row's max and its smallest visible score), and the reciprocal's input, the row sum of the
   exponentials (in [1, T]);
-* LayerNorm: the variance + eps whose inverse square root is taken;
+* LayerNorm: the variance + eps whose inverse square root is taken; Dynamic Tanh: alpha x;
 * FFN activation: the pre-activation range of each GELU layer (ReLU and leaky ReLU are exact);
 * fixed point: every product is formed on int64 shares at scale 2^(2f) before truncation, so the
   largest matmul output must stay below 2^(62 - 2f) (f = precision_bits).
@@ -86,12 +86,16 @@ class AuditOps(Torch64Ops):
         self._see("variance", (x - mu).square().mean(-1) + eps)
         return super().layernorm(x, gamma, beta, eps)
 
+    def dyt(self, x, alpha, gamma, beta):
+        self._see("tanh input", alpha * x)
+        return super().dyt(x, alpha, gamma, beta)
+
     def activation(self, x, name: str, slope=None):
         self._see(f"activation:{name}", x)
         return super().activation(x, name, slope)
 
-    def lm_head(self, x, weight_t, reveal_to: int | None = None):
-        y = super().lm_head(x, weight_t)
+    def lm_head(self, x, weight_t, bias=None, reveal_to: int | None = None):
+        y = super().lm_head(x, weight_t, bias)
         self._see("matmul output", y.abs())
         return y
 
@@ -149,6 +153,11 @@ def _activation_fix(profile: ProtocolProfile, name: str, lo: float, hi: float) -
     return " or ".join(options) or None
 
 
+def _tanh_fix(profile: ProtocolProfile, lo: float, hi: float) -> str | None:
+    n = approx.needed_exp_iterations(lambda n: approx.tanh_range(_with(profile, exp_iterations=n)).contains(lo, hi))
+    return None if n is None else f"approximations.exp_iterations = {n} (now {profile.exp_iterations})"
+
+
 def _layernorm_fix(profile: ProtocolProfile, lo: float, hi: float) -> str | None:
     if profile.layernorm_inv_sqrt == "crypten" and approx.layernorm_range(_with(profile, layernorm_inv_sqrt="ranged")).contains(lo, hi):
         return 'approximations.layernorm_inv_sqrt = "ranged" (valid for variances in [2^-16, 2^16])'
@@ -175,7 +184,7 @@ def checks_of(seen: dict[tuple[str, str], list[float]], profile: ProtocolProfile
     ln_rng = approx.layernorm_range(profile)
     limit = 2.0 ** (62 - 2 * profile.precision_bits)
     fp_rng = ValidRange("fixed-point product", 0.0, limit, "exact below the limit",
-                        f"int64 shares at scale 2^{2 * profile.precision_bits} before truncation")
+                        f"int64 shares at scale 2^{2 * profile.precision_bits} before truncation", "high")
     for (site, quantity), (lo, hi) in seen.items():
         if quantity == "exp input":
             out.append(_check(site, "softmax", exp_rng, lo, 0.0, lambda lo=lo: _exp_fix(profile, lo, None)))
@@ -183,6 +192,9 @@ def checks_of(seen: dict[tuple[str, str], list[float]], profile: ProtocolProfile
             out.append(_check(site, "softmax", rec_rng, lo, hi, lambda hi=hi: _exp_fix(profile, None, hi)))
         elif quantity == "variance":
             out.append(_check(site, "layernorm", ln_rng, lo, hi, lambda lo=lo, hi=hi: _layernorm_fix(profile, lo, hi)))
+        elif quantity == "tanh input":
+            out.append(_check(site, "layernorm", approx.tanh_range(profile), lo, hi,
+                              lambda lo=lo, hi=hi: _tanh_fix(profile, lo, hi)))
         elif quantity == "matmul output":
             out.append(_check(site, "linear", fp_rng, 0.0, hi, lambda: None))
         elif quantity.startswith("activation:"):

@@ -55,6 +55,7 @@ _TIMING: dict[str, list[dict[str, int]]] = {
     "attention_mix": [dict(H=4, T=64, hd=32), dict(H=12, T=128, hd=64)],
     "softmax": [dict(H=1, T=64), dict(H=1, T=128), dict(H=4, T=64), dict(H=12, T=128)],
     "layernorm": [dict(T=64, d=256), dict(T=128, d=768)],
+    "dyt": [dict(T=64, d=256), dict(T=128, d=768)],
     "activation": [dict(T=32, n=512), dict(T=128, n=1536)],
     "other": [dict(n=4096), dict(n=65536), dict(n=262144)],
 }
@@ -73,7 +74,7 @@ def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]
     tiny += [("softmax", dict(H=1 + (T % 2), T=T)) for T in _SOFTMAX_T]
     if profile.max_method == "pairwise":  # all-pairs max over >= 129 entries sums instead of multiplying
         tiny += [("softmax", dict(H=1, T=129)), ("softmax", dict(H=1, T=131))]
-    tiny += [("layernorm", dict(T=T, d=d)) for T, d in [(1, 3), (2, 5), (3, 2), (4, 4), (2, 7)]]
+    tiny += [(k, dict(T=T, d=d)) for k in ("layernorm", "dyt") for T, d in [(1, 3), (2, 5), (3, 2), (4, 4), (2, 7)]]
     kinds = [f"activation:{a}" for a in ACTIVATION_KINDS]
     tiny += [(k, dict(T=T, n=n)) for k in kinds for T, n in [(1, 3), (2, 5), (3, 4)]]
     tiny += [("other", dict(n=n)) for n in (3, 50)]
@@ -136,6 +137,10 @@ def _run_call(ops, kind: str, dims: dict[str, int], rank: int):
         x = _share((1, g("T"), g("d")), CLIENT, rank)
         gamma, beta = _share((g("d"),), SERVER, rank), _share((g("d"),), SERVER, rank)
         return lambda: ops.layernorm(x, gamma, beta, 1e-5)
+    if kind == "dyt":
+        x = _share((1, g("T"), g("d")), CLIENT, rank)
+        alpha, gamma, beta = (_share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
+        return lambda: ops.dyt(x, alpha, gamma, beta)
     if kind.startswith("activation:"):
         name = kind.split(":", 1)[1]
         x = _share((1, g("T"), g("n")), CLIENT, rank, scale=2.0)
@@ -291,6 +296,8 @@ def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[li
 def _category(kind: str) -> str:
     if kind.startswith("activation:"):
         return "activation"
+    if kind == "dyt":
+        return "layernorm"
     return "attention" if kind.startswith("attention_") else kind
 
 

@@ -215,6 +215,10 @@ def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict
             "count": {"one": 1},
             "time": {"elements": n, "rows": g("T"), "one": 1},
         }
+    if kind == "dyt":
+        n = g("T") * g("d")
+        return {"size": {"elements": n, "width": g("d"), "one": 1}, "count": {"one": 1},
+                "time": {"elements": n, "one": 1}}
     if kind.startswith("activation:"):
         n = g("T") * g("n")
         return {"size": {"elements": n, "one": 1}, "count": {"one": 1}, "time": {"elements": n, "one": 1}}
@@ -405,15 +409,11 @@ def resolve_config(
     sets: list[str] | tuple[str, ...] = (),
 ) -> ModelConfig:
     """The model config to cost: a checkpoint's (file or run dir), or preset + variant, with
-    `model.KEY=VALUE` overrides from `sets`."""
-    from pi_lnfree.config import make_config, parse_set
+    `model.KEY=VALUE` overrides from `sets`, type-checked as a recipe's [model] keys."""
+    from pi_lnfree.config import make_config
+    from pi_lnfree.recipe import model_overrides
 
-    overrides: dict[str, Any] = {}
-    for item in sets:
-        key, value = parse_set(item)
-        if not key.startswith("model."):
-            raise UserError(f"--set takes model.KEY=VALUE (a ModelConfig field), got {key!r}")
-        overrides[key[len("model."):]] = value
+    overrides = model_overrides(sets)
     if checkpoint is not None:
         if preset is not None or variant is not None or vocab_size is not None:
             raise UserError("give either a checkpoint or --preset/--variant/--vocab-size, not both")

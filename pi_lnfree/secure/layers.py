@@ -9,6 +9,8 @@ a piece of `pi_lnfree.model`:
   `inv_sqrt` (exp initial guess + Newton, profile `layernorm_inv_sqrt = "crypten"`) is accurate
   only for a variance in about [0.1, 100] with 3 iterations, which misses the small variances
   of embeddings (~0.01); `wide=True` spends one comparison to rescale variances above 64.
+* `dyt`: Dynamic Tanh, gamma * tanh(alpha * x) + beta, in place of a LayerNorm (one elementwise
+  tanh; valid for |alpha * x| < 256).
 * `activation`: ReLU as `x * (x >= 0)`; fixed leaky ReLU `relu(x) + s (x - relu(x))` with the
   public slope s (no extra communication); learnable leaky ReLU the same with the server's secret
   slope (one extra multiplication); GELU in the erf form through one of three profile methods
@@ -56,6 +58,29 @@ def layernorm(x, gamma, beta, eps: float, wide: bool = False, method: str = "ran
     else:
         raise ValueError(f"unknown inv_sqrt method {method!r}")
     y = xc * inv
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
+DYT_MAX_INPUT = 256.0  # |alpha * x| below this: CrypTen's tanh (reciprocal method) is accurate
+
+
+def dyt(x, alpha, gamma, beta):
+    """Dynamic Tanh (Zhu et al. 2025; `pi_lnfree.model.DyT`): gamma * tanh(alpha * x) + beta over
+    the last dim. `alpha` is a CrypTensor of shape (1,) (the server's learned scalar: one secret
+    multiplication) or a public float; `gamma`/`beta` are (d,) CrypTensors or None.
+
+    No mean, variance or inverse square root: one elementwise tanh, CrypTen's `tanh` =
+    2 sigmoid(2u) - 1 with sigmoid through exp(-|2u|) (limit approximation (1 - |2u|/2^n)^(2^n),
+    n = exp_iterations = 8) and a Newton reciprocal. Valid input range: |alpha * x| < 256
+    (`DYT_MAX_INPUT`; beyond it the exp approximation's base drops below -1 and the output is
+    garbage); within it the absolute error of tanh is about 4e-3 at 0, falling to ~3e-5 for
+    |alpha * x| >= 5. With sigmoid_tanh_method = "chebyshev" the range is narrower.
+    """
+    y = (x * alpha).tanh()
     if gamma is not None:
         y = y * gamma
     if beta is not None:
@@ -198,6 +223,7 @@ __all__ = [
     "activation",
     "causal_mask",
     "causal_softmax",
+    "dyt",
     "erf_taylor",
     "gelu_erf",
     "gelu_sigmoid",

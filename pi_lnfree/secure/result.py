@@ -22,8 +22,8 @@ def cost_result(
     tot = total_of(avg["ops"])
     span = avg["span"]
     return {
-        "variant": variant_label(cfg),
-        "variant_name": variant_name(cfg),
+        "variant": variant_name(cfg),
+        "label": variant_label(cfg),
         "protocol": profile.to_dict(),
         "benchmark_only": profile.benchmark_only,
         "security": profile.security,

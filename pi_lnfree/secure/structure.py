@@ -19,7 +19,8 @@ the plumbing that CrypTen would count as `other`):
     tokens(ids | None, T, V) -> one-hot rows (1, T, V)          (client's input)
     transpose(w), embedding(onehot, table, positions | None), linear(x, w_t, bias | None),
     attention_scores(q, k), softmax(scores), attention_mix(probs, v),
-    layernorm(x, gamma | None, beta | None, eps), activation(x, name, slope), lm_head(x, w_t),
+    layernorm(x, gamma | None, beta | None, eps), dyt(x, alpha, gamma, beta) (category layernorm:
+    Dynamic Tanh replaces the norm), activation(x, name, slope), lm_head(x, w_t, bias | None),
     split_heads(qkv, n_head), merge_heads(y), add(*xs), rotary(q, k, cos, sin), site(label)
 
 `site(label)` is a context manager naming where the structure is ("block 3 attention"); a
@@ -44,7 +45,7 @@ class NotSupportedUnderMPC(UserError):
 # The switch values `Decoder` implements; it dispatches on exactly these, so a value the plaintext
 # model gains later is refused here instead of silently taking another branch.
 STRUCTURE_SWITCHES = {
-    "norm": ("layernorm", "none"),
+    "norm": ("layernorm", "dyt", "none"),
     "residual": ("sequential", "parallel"),
     "position": ("learned", "rotary"),
 }
@@ -53,6 +54,9 @@ SECURE_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leak
 
 def check_structure(cfg: ModelConfig) -> None:
     """Raise `NotSupportedUnderMPC` for a switch value the secure structure does not implement."""
+    if cfg.ln_removal:
+        raise NotSupportedUnderMPC("a LayerNorm removal in progress (frozen-scale norms): not supported under "
+                                   "MPC; evaluate the run's final checkpoint, whose norms are folded away")
     for key, values in STRUCTURE_SWITCHES.items():
         if getattr(cfg, key) not in values:
             raise NotSupportedUnderMPC(f"{key}={getattr(cfg, key)!r}: not supported under MPC")
@@ -127,8 +131,16 @@ class Decoder:
         self.slope_index = cfg.slope_index()
         self.cos, self.sin = rotary_tables(cfg)
 
-    def _norm(self, x, prefix: str):
-        return self.ops.layernorm(x, self.w.get(f"{prefix}.weight"), self.w.get(f"{prefix}.bias"), self.cfg.norm_eps)
+    def _norm(self, x, prefix: str, final: bool = False):
+        """The norm site `prefix`: LayerNorm, Dynamic Tanh or nothing (`pi_lnfree.model.norm_kind`)."""
+        from pi_lnfree.model import norm_kind
+
+        kind, w = norm_kind(self.cfg, final), self.w
+        if kind == "layernorm":
+            return self.ops.layernorm(x, w.get(f"{prefix}.weight"), w.get(f"{prefix}.bias"), self.cfg.norm_eps)
+        if kind == "dyt":
+            return self.ops.dyt(x, w[f"{prefix}.alpha"], w[f"{prefix}.weight"], w[f"{prefix}.bias"])
+        return x
 
     def forward(self, onehot):
         """One-hot rows (1, T, V) -> the backend's `lm_head` output (logits (1, T, V) for the
@@ -139,23 +151,20 @@ class Decoder:
         for i in range(cfg.n_layer):
             x = self.block(i, x)
         with ops.site("final"):
-            if cfg.final_norm:
-                x = self._norm(x, "ln_f")
-            return ops.lm_head(x, self.w["lm_head_t"])
+            return ops.lm_head(self._norm(x, "ln_f", final=True), self.w["lm_head_t"], self.w.get("lm_head.bias"))
 
     def block(self, i: int, x):
         """One transformer block: (pre-norm) attention and MLP, sequential or parallel residual."""
         p, ops = f"blocks.{i}", self.ops
-        norm = self.cfg.norm == "layernorm"
         with ops.site(f"block {i} attention"):
-            a = self.attention(i, self._norm(x, f"{p}.ln_1") if norm else x)
+            a = self.attention(i, self._norm(x, f"{p}.ln_1"))
         if self.cfg.residual == "parallel":
             with ops.site(f"block {i} mlp"):
-                m = self.mlp(i, self._norm(x, f"{p}.ln_2") if norm else x)
+                m = self.mlp(i, self._norm(x, f"{p}.ln_2"))
                 return ops.add(x, a, m)
         x = ops.add(x, a)
         with ops.site(f"block {i} mlp"):
-            m = self.mlp(i, self._norm(x, f"{p}.ln_2") if norm else x)
+            m = self.mlp(i, self._norm(x, f"{p}.ln_2"))
             return ops.add(x, m)
 
     def attention(self, i: int, h):

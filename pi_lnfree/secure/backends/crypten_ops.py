@@ -90,17 +90,23 @@ class CryptenOps(TensorOps):
             return layers.layernorm(x, gamma, beta, eps, wide=p.layernorm_wide_range, method=p.layernorm_inv_sqrt,
                                     iterations=p.sqrt_nr_iters)
 
+    def dyt(self, x, alpha, gamma, beta):
+        """`layernorm`: Dynamic Tanh in place of a norm (its own calibrated kind, `dyt`)."""
+        with self.meter.op("layernorm"):
+            return layers.dyt(x, alpha, gamma, beta)
+
     def activation(self, x, name: str, slope=None):
         """`activation`: the FFN nonlinearity of one layer."""
         with self.meter.op("activation"):
             p = self.profile
             return layers.activation(x, name, slope, p.gelu, p.gelu_erf_clip, p.erf_iterations)
 
-    def lm_head(self, x, weight_t, reveal_to: int = CLIENT):
-        """`lm_head`: logits = x @ W^T, opened to the client only (the opening is counted here);
-        None on the other party."""
+    def lm_head(self, x, weight_t, bias=None, reveal_to: int = CLIENT):
+        """`lm_head`: logits = x @ W^T (+ b), opened to the client only (the opening is counted
+        here); None on the other party."""
         with self.meter.op("lm_head"):
-            return crypten_compat.get_plain_text(x.matmul(weight_t), dst=reveal_to)
+            y = x.matmul(weight_t)
+            return crypten_compat.get_plain_text(y if bias is None else y + bias, dst=reveal_to)
 
 
 __all__ = ["CryptenOps", "one_hot_rows"]

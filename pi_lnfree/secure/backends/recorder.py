@@ -5,7 +5,7 @@ This is how the cost model knows the calls of a secure forward without a hand-wr
 runs `pi_lnfree.secure.structure.Decoder` on shapes, as CrypTen's tuple provider traces the
 requests of a real run. The recorded `Call`s use the calibrated kinds of
 `pi_lnfree.secure.costmodel.features`; the `other` plumbing records `n`, the elements it touches
-(split and merge: the input's elements; an add of k terms: (k - 1) x elements; rotary: the
+(the LM head's optional bias is a local addition, free like `other`; split and merge: the input's elements; an add of k terms: (k - 1) x elements; rotary: the
 elements of q and k).
 """
 
@@ -113,12 +113,17 @@ class RecorderOps:
         self._call("layernorm", "layernorm", T=T, d=d)
         return x
 
+    def dyt(self, x: Shape, alpha, gamma, beta) -> Shape:
+        _, T, d = x.shape
+        self._call("layernorm", "dyt", T=T, d=d)
+        return x
+
     def activation(self, x: Shape, name: str, slope=None) -> Shape:
         _, T, n = x.shape
         self._call("activation", f"activation:{name}", T=T, n=n)
         return x
 
-    def lm_head(self, x: Shape, weight_t: Shape, reveal_to: int = CLIENT) -> Shape:
+    def lm_head(self, x: Shape, weight_t: Shape, bias: Shape | None = None, reveal_to: int = CLIENT) -> Shape:
         _, T, d = x.shape
         V = weight_t.shape[1]
         self._call("lm_head", "lm_head", T=T, d=d, V=V)

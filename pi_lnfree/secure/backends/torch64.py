@@ -58,13 +58,17 @@ class Torch64Ops(TensorOps):
             y = y * gamma
         return y if beta is None else y + beta
 
+    def dyt(self, x, alpha, gamma, beta):
+        return torch.tanh(alpha * x) * gamma + beta
+
     def activation(self, x, name: str, slope=None):
         from pi_lnfree.model import activate
 
         return activate(x, name, slope)
 
-    def lm_head(self, x, weight_t, reveal_to: int | None = None):
-        return x @ weight_t
+    def lm_head(self, x, weight_t, bias=None, reveal_to: int | None = None):
+        y = x @ weight_t
+        return y if bias is None else y + bias
 
 
 __all__ = ["Torch64Ops"]
