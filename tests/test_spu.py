@@ -41,11 +41,12 @@ FRACTION_BITS = 18
 # for the matrix products, a few E for a secret slope or the public rotary tables. softmax: exp
 # by (1 + x/256)^256 and a Goldschmidt reciprocal (< 1e-2 on probabilities). layernorm: SPU's
 # rsqrt (relative error ~1e-3) on outputs up to ~4. GELU via the tanh formula: SPU's Chebyshev
-# tanh is within 5e-3 of tanh, so 0.5 |x| 5e-3 ~ 2e-2 at |x| = 8.
+# tanh is within 5e-3 of tanh, so 0.5 |x| 5e-3 ~ 2e-2 at |x| = 8; Dynamic Tanh: that 5e-3 times
+# gamma ~ 1.
 E = 2.0 ** -FRACTION_BITS
 TOLERANCE = {
     "matmul": 2e-4, "linear": 2e-4, "embedding": 1e-4, "attention_scores": 2e-4, "attention_mix": 1e-4,
-    "softmax": 1e-2, "layernorm": 3e-3, "relu": 2 * E, "gelu": 2.5e-2, "gelu_tanh": 2.5e-2,
+    "softmax": 1e-2, "layernorm": 3e-3, "dyt": 1e-2, "relu": 2 * E, "gelu": 2.5e-2, "gelu_tanh": 2.5e-2,
     "leaky_relu": 4 * E, "learnable_leaky": 8 * E, "split_heads": 2 * E, "merge_heads": 2 * E, "add": 4 * E,
     "rotary": 8 * E,
 }
@@ -157,6 +158,7 @@ def _reference(name: str, t: dict[str, torch.Tensor]):
         "attention_mix": lambda: ops.attention_mix(t["probs"], t["v"]),
         "softmax": lambda: ops.softmax(t["scores"]),
         "layernorm": lambda: ops.layernorm(t["ln_x"], t["gamma"], t["beta"], 1e-5),
+        "dyt": lambda: ops.dyt(t["ln_x"], t["alpha"], t["gamma"], t["beta"]),
         "relu": lambda: ops.activation(t["act_x"], "relu", None),
         "gelu": lambda: ops.activation(t["act_x"], "gelu", None),
         "gelu_tanh": lambda: ops.activation(t["act_x"], "gelu_tanh", None),

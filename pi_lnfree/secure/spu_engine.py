@@ -15,7 +15,8 @@ The result has the shape of CrypTen's (`evaluate.assemble_result`): per-category
 all parties together), rounds (send actions of the busiest party), local seconds (without SPU's
 one-off compilation of each program), totals, network estimates and fidelity; plus `spu`: the
 bytes of sharing the inputs (weights once per session, tokens once per sequence: CrypTen shares
-its inputs from pseudo-random seeds at no cost, SPU sends the shares), compile seconds and the interpreter.
+its inputs from pseudo-random seeds at no cost, SPU sends the shares), the one-off session setup (CHEETAH's HE keys and base
+OTs, spent before the first metered operator), compile seconds and the interpreter.
 
 Across hosts (`--rank`), each host's main process runs its one party after the rendezvous of
 `pi_lnfree.secure.spu_rendezvous` at the client's `--master-addr/--master-port`.
@@ -137,6 +138,7 @@ def client_summary(client: dict[str, Any], tokens: torch.Tensor, source: str, ou
         "spu": {
             "weight_sharing_bytes": parties[SERVER]["input_bytes"],
             "token_sharing_bytes_per_sequence": parties[CLIENT]["input_bytes"] / n,
+            "session_setup_bytes": sum(p["setup_bytes"] for p in parties.values()),
             "compile_seconds": max(p["compile_seconds"] for p in parties.values()),
         },
     }

@@ -287,6 +287,16 @@ class SpuOps:
             with self.meter.op(category):
                 yield
 
+    def warm_up(self) -> int:
+        """Run one small product and comparison of secrets, unmetered, so that a protocol's one-off
+        session setup (CHEETAH: HE keys, base OTs) is not charged to the first operator; the
+        bytes this party sent for it."""
+        before, inputs = self.sent_bytes, self.input_bytes
+        a = self.share_input(SERVER, np.ones((2, 2), np.float32) if self.rank == SERVER else None, (2, 2))
+        self.run1("warm_up", (), lambda m: jnp.maximum(m @ m, 1.0), a)
+        self.input_bytes = inputs
+        return self.sent_bytes - before
+
     # -- inputs ------------------------------------------------------------------------------
     def share_input(self, owner: int, value: np.ndarray | None, shape: tuple[int, ...]) -> SpuTensor:
         """Secret-share `value` (held by `owner`, None elsewhere) of public `shape`."""
@@ -367,6 +377,11 @@ class SpuOps:
 
             return self.run1("layernorm", (has, eps), fn, x, *args)
 
+    def dyt(self, x, alpha, gamma, beta):
+        """`layernorm`: Dynamic Tanh in place of a norm, tanh(alpha x) * gamma + beta (SPU's tanh)."""
+        with self._op("layernorm"):
+            return self.run1("dyt", (), lambda a, al, g, b: jnp.tanh(al * a) * g + b, x, alpha, gamma, beta)
+
     def activation(self, x, name: str, slope=None):
         """`activation`: the FFN nonlinearity of one layer (slope: public float or a value)."""
         with self._op("activation"):
@@ -375,11 +390,15 @@ class SpuOps:
                 return self.run1("act", (name, method), lambda a, s: activation(a, name, method, s), x, slope)
             return self.run1("act", (name, method, slope), lambda a: activation(a, name, method, slope), x)
 
-    def lm_head(self, x, weight_t, reveal_to: int = CLIENT):
-        """`lm_head`: logits = x @ W^T, opened to the client only: every other party sends it its
-        share (counted here). The client gets a float numpy array (1, T, V); the others None."""
+    def lm_head(self, x, weight_t, bias=None, reveal_to: int = CLIENT):
+        """`lm_head`: logits = x @ W^T (+ b), opened to the client only: every other party sends it
+        its share (counted here). The client gets a float numpy array (1, T, V); the others None."""
         with self._op("lm_head"):
-            return self.reveal(self.run1("lm_head", (), lambda a, w: a @ w, x, weight_t), reveal_to)
+            if bias is None:
+                logits = self.run1("lm_head", (), lambda a, w: a @ w, x, weight_t)
+            else:
+                logits = self.run1("lm_head_bias", (), lambda a, w, b: a @ w + b, x, weight_t, bias)
+            return self.reveal(logits, reveal_to)
 
     def reveal(self, t: SpuTensor, to: int):
         """Open `t` to party `to` alone: every other party sends it its share (payload bytes and
