@@ -96,9 +96,10 @@ def render(results, args) -> str:
             lines.append(f"| {p} | {r['variant']} | " + " | ".join(f"{r['ops'][c]['bytes'] / 1e6:.2f}" for c in CATEGORIES) + " |")
     spu = [(p, r["spu"]) for p, vs in results.items() for r in vs.values() if "spu" in r]
     if spu:
-        lines += ["", "SPU input sharing (not in the totals): "
+        lines += ["", "SPU input sharing and session setup (not in the totals), SM+LN+G: "
                   + "; ".join(f"{p}: weights {s['weight_sharing_bytes'] / 1e6:.2f} MB, tokens "
-                              f"{s['token_sharing_bytes_per_sequence'] / 1e6:.3f} MB per sequence" for p, s in spu[::2])]
+                              f"{s['token_sharing_bytes_per_sequence'] / 1e6:.3f} MB per sequence, setup "
+                              f"{s['session_setup_bytes'] / 1e6:.2f} MB" for p, s in spu[::2])]
     return "\n".join(lines) + "\n"
 
 

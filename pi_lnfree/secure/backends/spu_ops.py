@@ -25,7 +25,11 @@ The maths, written once in jax.numpy (SPU's fixed-point kernels do the rest):
 * LayerNorm: mean, population variance, `lax.rsqrt(var + eps)`, affine;
 * GELU (erf form) by the profile's method: "tanh" formula (SPU's tanh), "erf" (SPU's erf),
   "sigmoid" x * sigmoid(1.702 x) (the profile's `sigmoid_mode`); GELU (tanh form) always by the
-  tanh formula; ReLU `max(x, 0)`; (learnable) leaky ReLU `r + slope * (x - r)`, r = relu(x).
+  tanh formula; ReLU `max(x, 0)`; (learnable) leaky ReLU `r + slope * (x - r)`, r = relu(x);
+  Dynamic Tanh `tanh(alpha x) * gamma + beta` (category `layernorm`).
+* plumbing (`other`): head split/merge and residual sums are local; rotary positions multiply by
+  the public cos/sin tables, and SPU truncates that fixed-point product, which under SEMI2K and
+  ABY3 sends a message (CrypTen's two-party truncation is local).
 """
 
 from __future__ import annotations
