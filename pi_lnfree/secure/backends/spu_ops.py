@@ -28,8 +28,8 @@ The maths, written once in jax.numpy (SPU's fixed-point kernels do the rest):
   tanh formula; ReLU `max(x, 0)`; (learnable) leaky ReLU `r + slope * (x - r)`, r = relu(x);
   Dynamic Tanh `tanh(alpha x) * gamma + beta` (category `layernorm`).
 * plumbing (`other`): head split/merge and residual sums are local; rotary positions multiply by
-  the public cos/sin tables, and SPU truncates that fixed-point product, which under SEMI2K and
-  ABY3 sends a message (CrypTen's two-party truncation is local).
+  the public cos/sin tables, and SPU truncates that fixed-point product interactively (SEMI2K:
+  one message per party; CrypTen's two-party truncation is local).
 """
 
 from __future__ import annotations
