@@ -260,10 +260,11 @@ def profile_forward(kind: str, seq_len: int, mode: str) -> dict:
     self-CPU seconds of the client and the server (the TTP dealer is not profiled)."""
     from pi_lnfree.checkpoint import load_model
     from pi_lnfree.secure import crypten_compat
-    from pi_lnfree.secure.evaluate import assemble_result, make_tokens
     from pi_lnfree.secure.parties import PartyJob, free_port, launch_local
     from pi_lnfree.secure.profile import load_networks, load_profile
+    from pi_lnfree.secure.result import assemble_result
     from pi_lnfree.secure.roles import DEALER
+    from pi_lnfree.secure.tokens import make_tokens
 
     profile = load_profile(PROTOCOL)
     with tempfile.TemporaryDirectory(prefix="bench-secure-profile-") as tmp:

@@ -259,6 +259,11 @@ def secure_eval(
     Two machines: run `--rank 1` where the checkpoint is and `--rank 0` on the client's machine
     (plus `--rank 2` for a TTP dealer), all with the same --master-addr/--master-port.
 
+    A profile with engine = "spu" (protocols/spu-semi2k.toml, spu-cheetah.toml, spu-aby3.toml)
+    runs the same checkpoint under SecretFlow SPU instead: party processes in the SPU environment
+    (`make spu`), the same roles, categories, result and --rank options (rank 2: ABY3's helper);
+    no --device cuda.
+
     Exit codes: 0 done; 2 bad input or a party failed; 3 done, but the result is flagged (an
     input outside an approximation's valid range, or an infinite secure perplexity): the measured
     costs are printed and in --json all the same, with `flags` saying why.
@@ -300,9 +305,9 @@ def audit(
     """
     from pi_lnfree.checkpoint import load_model, resolve_checkpoint
     from pi_lnfree.secure.audit import audit as run_audit
-    from pi_lnfree.secure.evaluate import make_tokens
     from pi_lnfree.secure.profile import load_profile
     from pi_lnfree.secure.structure import check_supported
+    from pi_lnfree.secure.tokens import make_tokens
     from pi_lnfree.secure_view import print_audit
 
     profile = load_profile(protocol)

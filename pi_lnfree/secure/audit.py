@@ -22,7 +22,6 @@ profile setting that would fix it (found by deriving the ranges again for larger
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,16 +43,7 @@ class AuditOps(Torch64Ops):
     """
 
     def __init__(self):
-        self.where = ""
         self.seen: dict[tuple[str, str], list[float]] = {}
-
-    @contextmanager
-    def site(self, label: str):
-        outer, self.where = self.where, label
-        try:
-            yield
-        finally:
-            self.where = outer
 
     def _see(self, quantity: str, values: torch.Tensor) -> None:
         lo, hi = float(values.min()), float(values.max())
@@ -214,6 +204,7 @@ def audit(cfg: ModelConfig, state: dict[str, torch.Tensor], profile: ProtocolPro
     [...]}`; each check has site, operator, approximation, observed and valid [low, high],
     headroom (fraction of the limit still free; negative when outside), ok, fix and source.
     """
+    profile.require_crypten("the range audit")
     ops = AuditOps()
     weights = load_weights(cfg, state, ops)
     decoder = Decoder(cfg, weights, ops)

@@ -341,6 +341,7 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     from importlib.metadata import version
 
     profile = load_profile(profile_path)
+    profile.require_crypten("the cost model")
     items = design(profile)
     t0 = time.perf_counter()
     measured = measure(profile, items, timeout_s)

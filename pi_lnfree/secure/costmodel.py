@@ -341,6 +341,7 @@ class Calibration:
 
 def load_calibration(profile: ProtocolProfile, path: str | Path | None = None) -> Calibration:
     """The calibration stored next to `profile` (or at `path`), checked against its knobs."""
+    profile.require_crypten("the cost model")
     if path is None:
         if profile.path is None:
             raise UserError(f"profile {profile.name} has no file; give the calibration path")

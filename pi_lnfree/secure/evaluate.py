@@ -29,15 +29,12 @@ nonlinear approximations (exp, reciprocal, inv_sqrt, tanh/erf), which the result
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pi_lnfree.config import ModelConfig
 from pi_lnfree.errors import UserError
@@ -45,46 +42,17 @@ from pi_lnfree.secure import crypten_compat, phases
 from pi_lnfree.secure.backends.crypten_ops import CryptenOps
 from pi_lnfree.secure.meter import Meter, combine_parties
 from pi_lnfree.secure.parties import PartyFailure, PartyJob, launch_local, local_jobs, party_ranks
-from pi_lnfree.secure.profile import ProtocolProfile, load_networks, load_profile
-from pi_lnfree.secure.result import cost_result
+from pi_lnfree.secure.profile import load_networks, load_profile
+from pi_lnfree.secure.result import assemble_result
 from pi_lnfree.secure.roles import CLIENT, SERVER
 from pi_lnfree.secure.structure import Decoder, check_supported, load_weights
+from pi_lnfree.secure.tokens import make_tokens
 
-DEFAULT_SEQ_LEN = 32
 PROGRAM = f"{__name__}:party_program"  # what ranks 0 and 1 run once connected
 
 
 # ---------------------------------------------------------------------------------------------
 # tokens
-
-
-def make_tokens(spec: dict[str, Any], cfg: ModelConfig) -> tuple[torch.Tensor, str]:
-    """The client's (N, T) token ids: the first N validation sequences of a data folder (truncated
-    to T), or N seeded random sequences. Returns (tokens, description)."""
-    samples = int(spec.get("samples", 1))
-    seq_len = spec.get("seq_len")
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
-    data = spec.get("data")
-    if data:
-        from pi_lnfree.data import load_data_folder
-
-        folder = load_data_folder(data)
-        T = int(seq_len) if seq_len else min(cfg.block_size, folder.seq_len)
-        if T > folder.seq_len:
-            raise UserError(f"--seq-len {T} exceeds the data folder's sequence length {folder.seq_len}")
-        if folder.vocab_size > cfg.vocab_size:
-            raise UserError(f"data folder vocabulary ({folder.vocab_size}) is larger than the model's ({cfg.vocab_size})")
-        if samples > len(folder.valid):
-            raise UserError(f"--samples {samples} exceeds the {len(folder.valid)} validation sequences in {data}")
-        tokens = torch.from_numpy(folder.valid[:samples, :T].astype("int64"))
-        return tokens, f"validation sequences of {data}"
-    T = int(seq_len) if seq_len else min(cfg.block_size, DEFAULT_SEQ_LEN)
-    if T < 1:
-        raise UserError(f"--seq-len must be at least 1, got {T}")
-    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-    tokens = torch.randint(0, cfg.vocab_size, (samples, T), generator=gen)
-    return tokens, f"random tokens (seed {int(spec.get('seed', 0))})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,76 +156,6 @@ def _client_program(job: PartyJob) -> dict[str, Any]:
 # the caller's side
 
 
-def perplexity(cross_entropy: float) -> float:
-    """exp(cross-entropy), `inf` where the exponential overflows a float64 (a secure result that
-    went wrong must still be reported, not crash the report)."""
-    return math.exp(cross_entropy) if cross_entropy < math.log(sys.float_info.max) else math.inf
-
-
-def fidelity(plain_logits: torch.Tensor, secure_logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
-    """Secure vs plaintext logits on the same tokens: errors, top-1 agreement, perplexities
-    (next-token cross-entropy inside each sequence, T-1 predictions per sequence) and
-    `warnings` (an infinite perplexity, non-finite logits)."""
-    plain, secure = plain_logits.double(), secure_logits.double()
-    err = (secure - plain).abs()
-    out: dict[str, Any] = {
-        "max_abs_logit_error": float(err.max()),
-        "mean_abs_logit_error": float(err.mean()),
-        "top1_agreement": float((secure.argmax(-1) == plain.argmax(-1)).double().mean()),
-        "max_abs_logit": float(plain.abs().max()),
-        "max_abs_secure_logit": float(secure.abs().max()),
-        "fixed_point_resolution": None,
-        "plain_ppl": None,
-        "secure_ppl": None,
-        "warnings": [],
-    }
-    if not torch.isfinite(secure).all():
-        out["warnings"].append("the secure logits hold non-finite values")
-    if tokens.size(1) > 1:
-        targets = tokens[:, 1:].reshape(-1)
-        for key, logits in (("plain_ppl", plain), ("secure_ppl", secure)):
-            ce = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets))
-            out[key] = perplexity(ce) if math.isfinite(ce) else math.nan
-            if not math.isfinite(out[key]):
-                out["warnings"].append(f"{key.replace('_ppl', '')} perplexity is {out[key]} (cross-entropy {ce:.4g})")
-    return out
-
-
-def _plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(tokens.long()).float()
-
-
-def assemble_result(
-    checkpoint: str, cfg: ModelConfig, profile: ProtocolProfile, client: dict[str, Any],
-    plain_model, networks: dict, mode: str, wall_s: float, range_audit: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The `secure-eval` result dict: the costs (`result.cost_result`) of the client's combined
-    meter readings, fidelity against `plain_model` (None when the plaintext is not at hand), the
-    range audit of the same tokens, how the parties ran, the wall time, and `flags`: what makes
-    the secure numbers untrustworthy (inputs outside an approximation's valid range, an
-    infinite perplexity); empty when none."""
-    tokens: torch.Tensor = client["tokens"]
-    fid = None
-    if plain_model is not None:
-        fid = fidelity(_plain_logits(plain_model, tokens), client["logits"], tokens)
-        fid["fixed_point_resolution"] = 2.0 ** -profile.precision_bits
-    flags = list(range_audit["warnings"]) if range_audit else []
-    flags += fid["warnings"] if fid else []
-    return {
-        "checkpoint": checkpoint,
-        **cost_result(cfg, profile, client["passes"], int(tokens.size(1)), int(tokens.size(0)),
-                      client["tokens_source"], networks),
-        "fidelity": fid,
-        "audit": range_audit,
-        "flags": flags,
-        "parties": {"mode": mode, "world_size": 2, "dealer": profile.provider == "TTP"},
-        "weight_sharing_seconds": client["weight_sharing_seconds"],
-        "trace_seconds": client["trace_seconds"],
-        "wall_seconds": wall_s,
-    }
-
-
 def secure_eval(
     checkpoint: str | os.PathLike,
     protocol: str | os.PathLike,
@@ -276,7 +174,8 @@ def secure_eval(
     on_start=None,
     on_audit=None,
 ) -> dict[str, Any]:
-    """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict.
+    """Run `checkpoint` under two CrypTen parties with `protocol`; the result dict. A profile with
+    `engine = "spu"` runs under SecretFlow SPU instead (`pi_lnfree.secure.spu_engine`).
 
     `rank=None`: all parties as local processes. `rank=0|1|2`: this process is that one party of a
     multi-machine run (2 is the TTP dealer); only rank 0 returns the full result.
@@ -294,6 +193,11 @@ def secure_eval(
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     spec = {"samples": samples, "seq_len": seq_len, "data": str(data) if data else None, "seed": seed}
+    if profile.engine == "spu":
+        from pi_lnfree.secure import spu_engine
+
+        return spu_engine.secure_eval(checkpoint, profile, spec, timeout_s, rank, device, networks,
+                                      capture_server_view, on_start, master_addr, master_port)
     t0 = time.perf_counter()
     if rank is None:
         return _run_local(checkpoint, profile, spec, timeout_s, device, networks, capture_server_view, on_start,
@@ -365,4 +269,4 @@ def _run_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, ma
                            time.perf_counter() - t0, range_audit)
 
 
-__all__ = ["assemble_result", "fidelity", "make_tokens", "party_program", "perplexity", "secure_eval"]
+__all__ = ["PROGRAM", "party_program", "secure_eval"]

@@ -26,7 +26,7 @@ The JSON shape this produces (`ops`, `total`, `per_token`, `network`) is the int
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -121,6 +121,24 @@ def combine_parties(client: Mapping[str, Any], server: Mapping[str, Any]) -> dic
     return {"ops": ops, "span": _combine_record(client["span"], server["span"])}
 
 
+def combine_senders(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several parties' `Meter.state()` whose `bytes` count only what each party sent (SPU's link
+    statistics, not CrypTen's send + receive) -> the system's record: bytes add up (every byte
+    once), rounds, seconds and calls are the max over the parties (they move in lockstep)."""
+    def rec(records: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        return {
+            "bytes": sum(r["bytes"] for r in records),
+            "rounds": max(r["rounds"] for r in records),
+            "seconds": max(r["seconds"] for r in records),
+            "calls": max(r["calls"] for r in records),
+            "dealer_bytes": sum(r["dealer_bytes"] for r in records),
+            "dealer_requests": sum(r["dealer_requests"] for r in records),
+        }
+
+    ops = {c: rec([s["ops"][c] for s in states]) for c in CATEGORIES}
+    return {"ops": ops, "span": rec([s["span"] for s in states])}
+
+
 def total_of(ops: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Sum of the category records (the `total` of a result)."""
     return {f: sum(ops[c][f] for c in CATEGORIES) for f in FIELDS}
@@ -172,6 +190,7 @@ __all__ = [
     "Meter",
     "average",
     "combine_parties",
+    "combine_senders",
     "empty_ops",
     "network_estimate",
     "per_token",

@@ -212,43 +212,65 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def supervise(
+    start: Callable[[int], tuple[list[str], Path, dict[str, Any]]],
+    ranks: list[int],
+    timeout_s: float,
+    on_start: Callable[[dict[int, int]], None] | None = None,
+    poll_s: float = 0.1,
+    read: Callable = _read_result,
+    label: Callable[[int], str] = party_label,
+) -> dict[int, Path]:
+    """Start one process per rank (`start(rank)` -> (argv, its result file, Popen keywords)),
+    wait for all of them, and always leave none running. Returns rank -> result file. Raises
+    `PartyFailure` naming every party that failed or died; once one has, the others get
+    `timeout_s` seconds to fail on their own, then are killed. `on_start` receives {rank: pid}
+    once all processes started (tests use it to kill one)."""
+    procs: dict[int, subprocess.Popen] = {}
+    outs: dict[int, Path] = {}
+    try:
+        for rank in ranks:
+            argv, outs[rank], kwargs = start(rank)
+            procs[rank] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
+        if on_start is not None:
+            on_start({rank: p.pid for rank, p in procs.items()})
+        errors = _watch(procs, outs, timeout_s, poll_s, read=read, label=label)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    if errors:
+        raise PartyFailure("secure evaluation failed: " + "; ".join(errors[r] for r in sorted(errors)))
+    return outs
+
+
 def launch_local(
     jobs: list[PartyJob],
     timeout_s: float,
     on_start: Callable[[dict[int, int]], None] | None = None,
     poll_s: float = 0.1,
 ) -> dict[int, Any]:
-    """Run each job in its own Python process; rank -> result. Raises `PartyFailure` when any
-    party fails or dies; survivors get `timeout_s` seconds to fail on their own, then are killed.
-    `on_start` receives {rank: pid} once all processes started (tests use it to kill one).
-    Party processes write nothing to stdout (theirs goes to stderr)."""
+    """Run each job in its own Python process; rank -> result (see `supervise` for failures and
+    `on_start`). Party processes write nothing to stdout (theirs goes to stderr)."""
+    by_rank = {job.rank: job for job in jobs}
     with tempfile.TemporaryDirectory(prefix="pi-lnfree-parties-") as tmp:
-        procs: dict[int, subprocess.Popen] = {}
-        outs: dict[int, Path] = {}
-        try:
-            for job in jobs:
-                job_file, outs[job.rank] = Path(tmp) / f"job{job.rank}.pkl", Path(tmp) / f"result{job.rank}.pkl"
-                with job_file.open("wb") as f:
-                    pickle.dump(job, f)
-                procs[job.rank] = subprocess.Popen(
-                    [sys.executable, *_CHILD_CMD, str(job_file), str(outs[job.rank])],
-                    stdout=sys.stderr.fileno(), stdin=subprocess.DEVNULL, env=_child_env(),
-                )
-            if on_start is not None:
-                on_start({rank: p.pid for rank, p in procs.items()})
-            errors = _watch(procs, outs, timeout_s, poll_s)
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-        if errors:
-            raise PartyFailure("secure evaluation failed: " + "; ".join(errors[r] for r in sorted(errors)))
-        return {rank: _read_result(outs[rank])["value"] for rank in procs}
+        def start(rank: int):
+            job_file, out = Path(tmp) / f"job{rank}.pkl", Path(tmp) / f"result{rank}.pkl"
+            with job_file.open("wb") as f:
+                pickle.dump(by_rank[rank], f)
+            argv = [sys.executable, *_CHILD_CMD, str(job_file), str(out)]
+            return argv, out, {"stdout": sys.stderr.fileno(), "env": _child_env()}
+
+        outs = supervise(start, list(by_rank), timeout_s, on_start, poll_s)
+        return {rank: _read_result(path)["value"] for rank, path in outs.items()}
 
 
-def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int, str]:
-    """Wait for all processes; rank -> error line for every party that failed or was killed."""
+def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float, read: Callable = _read_result,
+           label: Callable[[int], str] = party_label) -> dict[int, str]:
+    """Wait for all processes; rank -> error line for every party that failed or was killed.
+    `read(path)` gives a finished party's {"kind": "ok"|"error", "value"} (None if absent);
+    `label(rank)` names a party in the messages."""
     errors: dict[int, str] = {}
     failed_at: float | None = None
     while True:
@@ -256,11 +278,11 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int
             code = p.poll()
             if code is None or r in errors:
                 continue
-            res = _read_result(outs[r])
+            res = read(outs[r])
             if res is not None and res["kind"] == "error":
                 errors[r] = res["value"].splitlines()[0]
             elif code != 0 or res is None:
-                errors[r] = f"{party_label(r)} {_exit_text(code)}"
+                errors[r] = f"{label(r)} {_exit_text(code)}"
         if errors and failed_at is None:
             failed_at = time.monotonic()
         alive = [r for r, p in procs.items() if p.poll() is None]
@@ -269,7 +291,7 @@ def _watch(procs: dict, outs: dict, timeout_s: float, poll_s: float) -> dict[int
         if failed_at is not None and time.monotonic() - failed_at > timeout_s:
             for r in alive:
                 procs[r].kill()
-                errors[r] = f"{party_label(r)} did not stop within {timeout_s:g} s after its peer failed; killed"
+                errors[r] = f"{label(r)} did not stop within {timeout_s:g} s after its peer failed; killed"
             return errors
         time.sleep(poll_s)
 
@@ -279,6 +301,7 @@ __all__ = [
     "PartyJob",
     "free_port",
     "launch_local",
+    "supervise",
     "local_jobs",
     "party_ranks",
     "run_party",

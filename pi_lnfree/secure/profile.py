@@ -11,8 +11,9 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
     [protocol]
     name = "crypten-2pc-ttp"
     description = "..."
-    engine = "crypten"          # the only engine today
-    provider = "TTP"            # TTP (dealer process) or TFP (benchmark only)
+    engine = "crypten"          # "crypten" or "spu" (SecretFlow SPU, run in its own environment)
+    provider = "TTP"            # crypten: TTP (dealer process) or TFP (benchmark only);
+                                # spu: TFP for SEMI2K (SPU's TrustedFirstParty), "none" otherwise
     precision_bits = 16         # fixed-point fractional bits on int64 shares
     fast_matmul = true          # exact float64-limb int64 matmul on CPU (`fast_matmul`)
 
@@ -27,6 +28,15 @@ Profile file layout (every key optional except `protocol.name`; unknown keys are
     sqrt_nr_iters = 3
     erf_iterations = 8
     sigmoid_tanh_method = "reciprocal"  # or "chebyshev"
+
+    [spu]                       # engine = "spu" only; [approximations] then takes only `gelu`
+    protocol = "SEMI2K"         # SEMI2K, CHEETAH (2PC) or ABY3 (3PC)
+    field = "FM64"              # ring Z_2^64 ("FM64") or Z_2^128 ("FM128")
+    exp_mode = "taylor"         # exp: "taylor" ((1 + x/2^n)^(2^n)) or "pade" (clamped to |x| < 22)
+    exp_iters = 8               # n of the taylor form
+    sigmoid_mode = "real"       # gelu = "sigmoid": "real" (1/(1+exp(-x))), "mm1", "seg3"
+    div_iters = 2               # Goldschmidt iterations of division and reciprocal
+    lower_accuracy_rsqrt = false
 """
 
 from __future__ import annotations
@@ -40,7 +50,16 @@ from typing import Any
 from pi_lnfree.errors import UserError
 from pi_lnfree.resources import networks_file, protocol_file
 
+ENGINES = ("crypten", "spu")
 PROVIDERS = ("TTP", "TFP")
+SPU_PROTOCOLS = {"SEMI2K": 2, "CHEETAH": 2, "ABY3": 3}  # protocol -> number of parties
+SPU_FIELDS = ("FM64", "FM128")
+SPU_EXP_MODES = ("taylor", "pade")
+SPU_SIGMOID_MODES = ("real", "mm1", "seg3")
+SPU_DEFAULTS = {
+    "spu_protocol": "SEMI2K", "spu_field": "FM64", "spu_exp_mode": "taylor", "spu_exp_iters": 8,
+    "spu_sigmoid_mode": "real", "spu_div_iters": 2, "spu_lower_accuracy_rsqrt": False,
+}
 GELU_METHODS = ("erf", "tanh", "sigmoid")
 INV_SQRT_METHODS = ("ranged", "crypten")
 MAX_METHODS = ("log_reduction", "double_log_reduction", "accelerated_cascade", "pairwise")
@@ -76,19 +95,46 @@ class ProtocolProfile:
     sqrt_nr_iters: int = 3
     erf_iterations: int = 8
     sigmoid_tanh_method: str = "reciprocal"
+    # engine "spu" only (None under crypten, so CrypTen calibrations do not depend on them);
+    # `profile_from_dict` fills the defaults `SPU_DEFAULTS`
+    spu_protocol: str | None = None
+    spu_field: str | None = None
+    spu_exp_mode: str | None = None
+    spu_exp_iters: int | None = None
+    spu_sigmoid_mode: str | None = None
+    spu_div_iters: int | None = None
+    spu_lower_accuracy_rsqrt: bool | None = None
     path: str | None = None
 
     @property
     def benchmark_only(self) -> bool:
-        """TFP: party 0 generates every triple, so it could learn every secret."""
+        """TFP: party 0 generates every triple (CrypTen) or knows every party's triple seeds
+        (SPU's TrustedFirstParty), so it could learn every secret."""
         return self.provider == "TFP"
+
+    @property
+    def world_size(self) -> int:
+        """Parties that compute (a TTP dealer is not counted): 2, or 3 under SPU's ABY3."""
+        return SPU_PROTOCOLS[self.spu_protocol] if self.engine == "spu" else 2
 
     @property
     def security(self) -> str:
         """One line on what the provider guarantees."""
         if self.benchmark_only:
             return "benchmark only: TFP lets party 0 (the client) generate all triples and learn every secret"
+        if self.engine == "spu" and self.spu_protocol == "CHEETAH":
+            return "semi-honest two-party computation without a dealer (SPU CHEETAH: lattice HE and silent OT)"
+        if self.engine == "spu":
+            return ("semi-honest three-party replicated secret sharing, honest majority (SPU ABY3: "
+                    "a helper party with no input; any two parties together could learn every secret)")
         return "semi-honest two-party secret sharing with a non-colluding trusted dealer (TTP)"
+
+    def require_crypten(self, what: str) -> None:
+        """Raise `UserError` unless this is a CrypTen profile: `what` (the cost model, the range
+        audit) models CrypTen's protocols and approximations only."""
+        if self.engine != "crypten":
+            raise UserError(f"{what} covers the crypten engine only; profile {self.path or self.name} uses engine "
+                            f"{self.engine!r}: measure it with pi-lnfree secure-eval")
 
     def crypten_functions(self) -> dict[str, Any]:
         """The knobs that go to `crypten.cfg.functions` verbatim."""
@@ -96,7 +142,8 @@ class ProtocolProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (the `protocol` entry of a secure-eval result)."""
-        d = dataclasses.asdict(self)
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if not any(k in keys for engine, keys in _ENGINE_ONLY.items() if engine != self.engine)}
         d["benchmark_only"] = self.benchmark_only
         d["security"] = self.security
         return d
@@ -106,8 +153,11 @@ class ProtocolProfile:
             if not ok:
                 raise UserError(f"protocol profile {self.path or self.name}: {msg}")
 
-        check(self.engine == "crypten", f"engine must be 'crypten', got {self.engine!r}")
-        check(self.provider in PROVIDERS, f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        check(self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "spu":
+            self._validate_spu(check)
+        else:
+            check(self.provider in PROVIDERS, f"provider must be one of {PROVIDERS}, got {self.provider!r}")
         check(8 <= self.precision_bits <= 24, f"precision_bits must be in [8, 24], got {self.precision_bits}")
         check(self.gelu in GELU_METHODS, f"gelu must be one of {GELU_METHODS}, got {self.gelu!r}")
         check(self.gelu_erf_clip > 0, "gelu_erf_clip must be positive")
@@ -124,12 +174,39 @@ class ProtocolProfile:
             value = getattr(self, key)
             check(isinstance(value, int) and 1 <= value <= 64, f"{key} must be an integer in [1, 64], got {value!r}")
 
+    def _validate_spu(self, check) -> None:
+        check(self.spu_protocol in SPU_PROTOCOLS,
+              f"[spu] protocol must be one of {tuple(SPU_PROTOCOLS)}, got {self.spu_protocol!r}")
+        # SEMI2K's only dealer in the spu wheel is TrustedFirstParty (its TTP needs SPU's separate
+        # beaver server); CHEETAH makes its correlations by HE/OT, ABY3 by three-party sharing.
+        wanted = "TFP" if self.spu_protocol == "SEMI2K" else "none"
+        check(self.provider == wanted, f"provider must be {wanted!r} with [spu] protocol = "
+                                       f"{self.spu_protocol!r}, got {self.provider!r}")
+        check(self.spu_field in SPU_FIELDS, f"[spu] field must be one of {SPU_FIELDS}, got {self.spu_field!r}")
+        bits = 64 if self.spu_field == "FM64" else 128
+        check(self.precision_bits <= bits // 3,
+              f"precision_bits {self.precision_bits} leaves too few integer bits in {self.spu_field}")
+        check(self.spu_exp_mode in SPU_EXP_MODES,
+              f"[spu] exp_mode must be one of {SPU_EXP_MODES}, got {self.spu_exp_mode!r}")
+        check(self.spu_sigmoid_mode in SPU_SIGMOID_MODES,
+              f"[spu] sigmoid_mode must be one of {SPU_SIGMOID_MODES}, got {self.spu_sigmoid_mode!r}")
+        for key in ("spu_exp_iters", "spu_div_iters"):
+            value = getattr(self, key)
+            check(isinstance(value, int) and 1 <= value <= 32,
+                  f"[spu] {key[4:]} must be an integer in [1, 32], got {value!r}")
+
 
 _SECTIONS = {
     "protocol": ("name", "description", "engine", "provider", "precision_bits", "fast_matmul"),
     "approximations": (
         "gelu", "gelu_erf_clip", "layernorm_inv_sqrt", "layernorm_wide_range", *_CRYPTEN_FUNCTION_KEYS,
     ),
+    "spu": ("protocol", "field", "exp_mode", "exp_iters", "sigmoid_mode", "div_iters", "lower_accuracy_rsqrt"),
+}
+# keys that only one engine reads: a profile of the other engine that sets them is refused
+_ENGINE_ONLY = {
+    "crypten": {"fast_matmul", "gelu_erf_clip", "layernorm_inv_sqrt", "layernorm_wide_range", *_CRYPTEN_FUNCTION_KEYS},
+    "spu": {f"spu_{k}" for k in _SECTIONS["spu"]},
 }
 
 
@@ -155,9 +232,17 @@ def profile_from_dict(data: dict[str, Any], path: str | None = None) -> Protocol
         unknown = sorted(set(body) - set(keys))
         if unknown:
             raise UserError(f"{where}: unknown keys in [{section}]: {unknown}")
-        flat.update(body)
+        flat.update({f"spu_{k}" if section == "spu" else k: v for k, v in body.items()})
     if "name" not in flat:
         raise UserError(f"{where}: [protocol] needs a name")
+    engine = flat.get("engine", "crypten")
+    for other, keys in _ENGINE_ONLY.items():
+        foreign = sorted(keys & set(flat)) if other != engine else []
+        if foreign:
+            names = [k[4:] if k.startswith("spu_") else k for k in foreign]
+            raise UserError(f"{where}: {names} apply to engine {other!r} only, not {engine!r}")
+    if engine == "spu":
+        flat = {**SPU_DEFAULTS, **flat}
     try:
         profile = ProtocolProfile(**flat, path=path)
     except TypeError as e:
@@ -212,10 +297,12 @@ def load_networks(path: str | Path | None = None) -> dict[str, Network]:
 
 
 __all__ = [
+    "ENGINES",
     "GELU_METHODS",
     "Network",
     "PROVIDERS",
     "ProtocolProfile",
+    "SPU_PROTOCOLS",
     "load_networks",
     "load_profile",
     "profile_from_dict",

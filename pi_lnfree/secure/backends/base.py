@@ -41,7 +41,22 @@ def rotate(x, cos, sin, cat):
     return rotated if dim == x.size(-1) else cat([rotated, x[..., dim:]], dim=-1)
 
 
-class TensorOps:
+class Sites:
+    """`site(label)`: the structure names where it is ("block 3 attention"); a backend reads it
+    from `where` (the recorder and the range audit label their records with it)."""
+
+    where: str = ""
+
+    @contextmanager
+    def site(self, label: str):
+        outer, self.where = self.where, label
+        try:
+            yield
+        finally:
+            self.where = outer
+
+
+class TensorOps(Sites):
     """The plumbing half of the structure's operations interface for tensor backends.
 
     Subclasses set `cat` (the backend's concatenation) and may override `other` to meter it.
@@ -54,11 +69,6 @@ class TensorOps:
     def other(self, fn, *args):
         """Run local plumbing `fn(*args)`."""
         return fn(*args)
-
-    @contextmanager
-    def site(self, label: str):
-        """Where the structure is; this backend does not use it."""
-        yield
 
     def transpose(self, w):
         return w.t()

@@ -12,9 +12,9 @@ elements of q and k).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pi_lnfree.secure.backends.base import Sites
 from pi_lnfree.secure.roles import CLIENT
 
 
@@ -52,23 +52,14 @@ class Shape:
         return Shape(self.shape[1:])
 
 
-class RecorderOps:
+class RecorderOps(Sites):
     """Records the calls of a forward pass by shape; `calls` is the trace, in call order."""
 
     def __init__(self):
         self.calls: list[Call] = []
-        self.where = ""
 
     def _call(self, category: str, kind: str, **dims: int) -> None:
         self.calls.append(Call.make(category, kind, **dims))
-
-    @contextmanager
-    def site(self, label: str):
-        outer, self.where = self.where, label
-        try:
-            yield
-        finally:
-            self.where = outer
 
     # -- inputs ------------------------------------------------------------------------------------
     def weight(self, tensor, shape: tuple[int, ...], transpose: bool) -> Shape:
