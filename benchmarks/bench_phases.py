@@ -109,8 +109,25 @@ def compare_variant(variant: str, seq_len: int, vocab_size: int, n_layer: int, f
     return out
 
 
+def machine() -> dict:
+    """Where and when this ran: date, CPU model and vector flags, torch's CPU kernel level."""
+    import os
+    import platform
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": model, "cpus": os.cpu_count(),
+            "vector_flags": sorted(f for f in flags if f.startswith(("avx", "fma"))),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def to_markdown(result: dict) -> str:
-    lines = ["# One-phase vs two-phase secure inference", "", f"Command: `{result['command']}`", ""]
+    m = result["machine"]
+    lines = ["# One-phase vs two-phase secure inference", "", f"Command: `{result['command']}`", "",
+             f"Date: {m['date']}; CPU: {m['cpu']}, {m['cpus']} cores, flags {' '.join(m['vector_flags'])} "
+             f"(torch kernels: {m['torch_cpu_capability']}); load average before {result['loadavg_before']}, "
+             f"after {result['loadavg_after']}.", ""]
     if result.get("material"):
         lines += ["## Offline material per sequence (exact, from the request trace)", "",
                   "| variant | T | provider | tuples | client GB | server GB | in memory (budget 4 GiB) | "
@@ -156,7 +173,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_phases.md"))
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
-    result: dict = {"command": "benchmarks/bench_phases.py " + " ".join(sys.argv[1:])}
+    import os
+
+    result: dict = {"command": "benchmarks/bench_phases.py " + " ".join(sys.argv[1:]), "machine": machine(),
+                    "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     if not args.skip_material:
         seq_lens = [int(t) for t in args.material_seq_lens.split(",") if t]
         result["material"] = material_rows(variants, seq_lens, 50257, 12)
@@ -164,6 +184,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-phases-") as tmp:
             result["compare"] = [compare_variant(v, args.seq_len, args.vocab_size, args.n_layer, Path(tmp), args.timeout)
                                  for v in variants]
+    result["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(result))
