@@ -227,9 +227,10 @@ def skipped_reason(piece: str, run: RunResult, opts: ReportOptions) -> str | Non
     if piece == "cost":
         from pi_lnfree.secure.profile import load_profile
 
-        if load_profile(opts.protocol).engine != "crypten":
+        engine = load_profile(opts.protocol).engine
+        if engine != "crypten":
             return (f"the cost model is calibrated on CrypTen's protocols only; {Path(opts.protocol).stem} runs on "
-                    f"{load_profile(opts.protocol).engine} (its costs are measured by secure-eval)")
+                    f"{engine} (its costs are measured by secure-eval)")
     return None
 
 

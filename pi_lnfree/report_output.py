@@ -151,6 +151,16 @@ def _secure_len(runs: list) -> str:
 # report.md
 
 
+def _parties(opts) -> str:
+    """Who ran the secure-eval of the report's profile, in words."""
+    from pi_lnfree.secure.profile import load_profile
+
+    profile = load_profile(opts.protocol)
+    if profile.engine == "crypten":
+        return "two real CrypTen parties"
+    return f"{profile.world_size} real SPU {profile.spu_protocol} parties"
+
+
 def _settings_lines(opts, runs: list) -> list[str]:
     ev = "the whole validation split" if opts.eval_batches is None else \
         f"the first {opts.eval_batches} x {opts.eval_batch_size} validation sequences"
@@ -158,8 +168,8 @@ def _settings_lines(opts, runs: list) -> list[str]:
         f"the first {opts.entropy_batches} x {opts.entropy_batch_size} validation sequences"
     proto = Path(opts.protocol).name
     secure = "skipped" if opts.secure_seq_len == 0 else (
-        f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
-        "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
+        f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, {_parties(opts)} "
+        "on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
         "(protocols/networks.toml)")
     if opts.compared_profiles():
         secure = (", ".join(f"`{Path(p).name}`" for p in opts.profiles()) + f", T={opts.secure_seq_len}, "
