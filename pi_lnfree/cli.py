@@ -387,7 +387,7 @@ def report(
         False, "--no-compute", help="Only read results cached in the run dirs; mark the rest n/a with the reason."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder for eval/entropy/secure tokens (default: each run's own)."),
-    protocol: Optional[Path] = typer.Option(None, "--protocol", help="Protocol profile for secure-eval and the cost model: a TOML file or a shipped name (default crypten-2pc-ttp)."),
+    protocol: Optional[list[Path]] = typer.Option(None, "--protocol", help="Protocol profile for secure-eval and the cost model: a TOML file or a shipped name (default crypten-2pc-ttp). Repeat it to compare engines: the first profile fills the per-family tables, and a cross-engine table and figure show every profile's measured cost and savings side by side."),
     secure_seq_len: int = typer.Option(32, "--secure-seq-len", help="Tokens per sequence under secure-eval (0: skip secure-eval)."),
     samples: int = typer.Option(1, "--samples", help="Validation sequences per run under secure-eval."),
     cost_seq_len: Optional[int] = typer.Option(None, "--cost-seq-len", help="Sequence length for the cost model (default: the model's context; 0: skip)."),
@@ -402,7 +402,8 @@ def report(
     predicted private-inference cost, savings vs SM+LN+G, per-operator shares.
 
     Results are cached in each run dir (eval.json, entropy.json, secure-PROTOCOL-T{T}.json,
-    cost-PROTOCOL-T{T}.json) and reused when their settings match.
+    cost-PROTOCOL-T{T}.json) and reused when their settings match. With several --protocol
+    profiles, each one's secure-eval is cached in its own file.
     """
     from pi_lnfree.report import ReportOptions, make_report
     from pi_lnfree.resources import DEFAULT_PROTOCOL
@@ -410,7 +411,8 @@ def report(
     opts = ReportOptions(
         data=data, compute=not no_compute, eval_batch_size=eval_batch_size, eval_batches=eval_batches,
         entropy_batch_size=entropy_batch_size, entropy_batches=entropy_batches,
-        protocol=protocol or DEFAULT_PROTOCOL, secure_seq_len=secure_seq_len, samples=samples,
+        protocol=protocol[0] if protocol else DEFAULT_PROTOCOL, compare=list(protocol[1:]) if protocol else [],
+        secure_seq_len=secure_seq_len, samples=samples,
         cost_seq_len=cost_seq_len, timeout_s=timeout,
     )
     command = "pi-lnfree " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else "pi-lnfree report"

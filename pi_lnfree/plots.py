@@ -315,3 +315,38 @@ def operator_cost_bars(
     axes[0, 1].legend(title="operator", fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)
+
+
+def cross_engine_savings_bars(
+    configs: Sequence[str], profiles: Sequence[str], savings: Sequence[Sequence[float | None]],
+    out: str | os.PathLike, title: str,
+) -> Path:
+    """Grouped bars: per configuration, the communication saving vs the baseline (x-fold) under
+    each profile, one colour per profile, each bar labelled with its value.
+
+    `savings` is [profile][config]; None (no result) leaves a gap labelled "n/a". A dashed line
+    marks 1x (no saving).
+    """
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    n = max(len(profiles), 1)
+    width = 0.8 / n
+    fig, axes = new_figure(max(6.0, 1.3 * len(configs) * n + 2.5), 4.0)
+    ax = axes[0, 0]
+    x = np.arange(len(configs))
+    for k, (profile, values) in enumerate(zip(profiles, savings, strict=True)):
+        pos = x - 0.4 + width * (k + 0.5)
+        heights = [np.nan if v is None else float(v) for v in values]
+        bars = ax.bar(pos, np.nan_to_num(heights, nan=0.0), width * 0.92, color=cmap(k % 10), label=profile)
+        labels = ["n/a" if np.isnan(h) else f"{h:.2f}x" for h in heights]
+        ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+    ax.axhline(1.0, color="0.3", linestyle="--", linewidth=0.8)
+    ax.set_xticks(x, list(configs))
+    ax.set_xlabel("configuration")
+    ax.set_ylabel("communication saving vs baseline (x)")
+    ax.margins(y=0.15)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="profile", fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=11)
+    return save_figure(fig, out)

@@ -6,7 +6,8 @@ gathers four results, each computed by its library function and cached as JSON i
 =====================================  =============================================================
 RUN_DIR/eval.json                      `diagnostics.eval_checkpoint` (perplexity)
 RUN_DIR/entropy.json                   `diagnostics.entropy_checkpoint` (headwise entropy, bands)
-RUN_DIR/secure-PROTOCOL-T{T}.json      `secure.evaluate.secure_eval` (measured MPC cost, fidelity)
+RUN_DIR/secure-PROTOCOL-T{T}.json      `secure.evaluate.secure_eval` (measured MPC cost, fidelity),
+                                       one file per profile when several are compared
 RUN_DIR/cost-PROTOCOL-T{T}.json        `secure.costmodel.predict` (predicted MPC cost)
 =====================================  =============================================================
 
@@ -17,6 +18,11 @@ otherwise the piece is recomputed, or, with `compute=False`, reported as "n/a" w
 A piece whose computation fails with a clear error (e.g. a variant not supported under MPC) is
 also "n/a" with that error as the reason; the report lists every reason under its tables.
 
+With several profiles (`--protocol` repeated), the first one is the report's profile (its
+measured and predicted costs fill every per-family table); the secure-eval of every profile is
+gathered as `RUN_DIR.pieces["secure@STEM"]` and compared in the cross-engine table. The cost
+model is calibrated on CrypTen's protocols only: for an SPU profile it is "n/a" with that reason.
+
 The tables (`pi_lnfree.tables`) and figures (`pi_lnfree.plots`) are written by
 `pi_lnfree.report_output`.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,7 @@ class ReportOptions:
     entropy_batch_size: int = 16
     entropy_batches: int | None = 8
     protocol: str | Path = DEFAULT_PROTOCOL  # a profile TOML or a shipped profile's name
+    compare: list[str | Path] = field(default_factory=list)  # more profiles: cross-engine table
     secure_seq_len: int = 32  # 0: no secure-eval
     samples: int = 1
     cost_seq_len: int | None = None  # None: the model's context; 0: no cost model
@@ -75,6 +82,31 @@ class ReportOptions:
             raise UserError(f"--data {self.data}: no such data folder")
         if self.secure_seq_len or self.cost_seq_len != 0:
             self.protocol = protocol_file(self.protocol)
+        if self.compare:
+            if not self.secure_seq_len:
+                raise UserError("comparing several --protocol profiles needs secure-eval (--secure-seq-len > 0)")
+            self.compare = [protocol_file(p) for p in self.compare]
+            stems = [Path(p).stem for p in self.profiles()]
+            if len(set(stems)) != len(stems):
+                raise UserError(f"a --protocol profile is given twice ({', '.join(stems)})")
+
+    def profiles(self) -> list[str | Path]:
+        """Every profile of the report: the report's own, then the compared ones."""
+        return [self.protocol, *self.compare]
+
+    def compared_profiles(self) -> list[tuple[str, str]]:
+        """(profile name, `RunResult.pieces` key) of every profile when several are compared,
+        else [] (one profile: no cross-engine table)."""
+        if not self.compare:
+            return []
+        return [(Path(p).stem, secure_key(self, p)) for p in self.profiles()]
+
+
+def secure_key(opts: ReportOptions, protocol: str | Path) -> str:
+    """The `RunResult.pieces` key of `protocol`'s secure-eval: "secure" for the report's own
+    profile, "secure@STEM" for a compared one."""
+    stem = Path(protocol).stem
+    return "secure" if stem == Path(opts.protocol).stem else f"secure@{stem}"
 
 
 @dataclass
@@ -192,6 +224,13 @@ def skipped_reason(piece: str, run: RunResult, opts: ReportOptions) -> str | Non
         return "skipped (--secure-seq-len 0)"
     if piece == "cost" and opts.cost_seq_len == 0:
         return "skipped (--cost-seq-len 0)"
+    if piece == "cost":
+        from pi_lnfree.secure.profile import load_profile
+
+        engine = load_profile(opts.protocol).engine
+        if engine != "crypten":
+            return (f"the cost model is calibrated on CrypTen's protocols only; {Path(opts.protocol).stem} runs on "
+                    f"{engine} (its costs are measured by secure-eval)")
     return None
 
 
@@ -215,8 +254,10 @@ def compute_piece(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, 
         from pi_lnfree.progress import progress
         from pi_lnfree.secure.crypten_compat import require_crypten
         from pi_lnfree.secure.evaluate import secure_eval
+        from pi_lnfree.secure.profile import load_profile
 
-        require_crypten()
+        if load_profile(opts.protocol).engine == "crypten":
+            require_crypten()
         data = run.data_dir if run.data_dir is not None and Path(run.data_dir).is_dir() else None
         with progress(transient=True) as bar:  # secure_eval reports nothing while the parties run
             bar.add_task(f"secure-eval T={opts.secure_seq_len} ({Path(opts.protocol).stem})", total=None)
@@ -252,34 +293,36 @@ def write_cache(path: Path, request: dict[str, Any], result: dict[str, Any], sec
     write_json(path, {"format": CACHE_FORMAT, "request": request, "seconds": round(seconds, 3), "result": result})
 
 
-def gather_piece(piece: str, run: RunResult, opts: ReportOptions) -> float:
-    """Fill `run.pieces[piece]` from its cache or by computing it; returns seconds spent computing."""
-    run.pieces[piece] = None
+def gather_piece(piece: str, run: RunResult, opts: ReportOptions, key: str | None = None) -> float:
+    """Fill `run.pieces[key]` (default: `piece`) from its cache or by computing it; returns seconds
+    spent computing. A reason for "n/a" goes to `run.missing[key]`."""
+    key = key or piece
+    run.pieces[key] = None
     skipped = skipped_reason(piece, run, opts)
     if skipped is not None:
-        run.missing[piece] = skipped
+        run.missing[key] = skipped
         return 0.0
     path = run.run_dir / cache_name(piece, run, opts)
     request = request_of(piece, run, opts)
     result, why = read_cache(path, request)
     if result is not None:
-        run.pieces[piece], run.files[piece] = result, str(path)
+        run.pieces[key], run.files[key] = result, str(path)
         return 0.0
     if not opts.compute:
-        run.missing[piece] = f"--no-compute and {why}"
+        run.missing[key] = f"--no-compute and {why}"
         return 0.0
-    console.print(f"[bold]{run.name}[/bold]: computing {piece} ({why})", highlight=False)
+    console.print(f"[bold]{run.name}[/bold]: computing {key} ({why})", highlight=False)
     t0 = time.perf_counter()
     try:
         result = compute_piece(piece, run, opts)
     except (UserError, ImportError) as e:
         reason = " ".join(str(e).split())
-        run.missing[piece] = f"{piece} failed: {reason}"
-        console.print(f"[yellow]{run.name}: {piece} is n/a: {reason}", highlight=False, soft_wrap=True)
+        run.missing[key] = f"{piece} failed: {reason}"
+        console.print(f"[yellow]{run.name}: {key} is n/a: {reason}", highlight=False, soft_wrap=True)
         return time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     write_cache(path, request, result, seconds)
-    run.pieces[piece], run.files[piece] = result, str(path)
+    run.pieces[key], run.files[key] = result, str(path)
     return seconds
 
 
@@ -311,6 +354,8 @@ def gather(run_dirs: list[str | os.PathLike], opts: ReportOptions) -> list[RunRe
     for run in runs:
         for piece in PIECES:
             gather_piece(piece, run, opts)
+        for protocol in opts.compare:
+            gather_piece("secure", run, replace(opts, protocol=protocol, compare=[]), secure_key(opts, protocol))
         gather_history(run)
     return runs
 

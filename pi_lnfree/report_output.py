@@ -11,7 +11,10 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
     OUT/tables/operators-predicted-FAMILY.csv
     OUT/tables/phases-FAMILY.csv       offline and online phase costs (measured and predicted)
     OUT/tables/fidelity-FAMILY.csv     secure-eval settings and logit fidelity
-    OUT/figures/*.png                  heatmaps, loss curves, entropy/slope dynamics, operator bars
+    OUT/tables/cross-engine-FAMILY.csv measured cost and savings per profile side by side (only
+                                       with several profiles, `--protocol` repeated)
+    OUT/figures/*.png                  heatmaps, loss curves, entropy/slope dynamics, operator bars,
+                                       cross-engine savings (several profiles)
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "family"
 
 
-def family_tables(runs: list) -> dict[str, pd.DataFrame]:
+def family_tables(runs: list, profiles: list[tuple[str, str]] | None = None) -> dict[str, pd.DataFrame]:
     """The tables of one family, by kind: main, predicted, operators, operators-predicted, phases,
-    fidelity."""
+    fidelity, and cross-engine when `profiles` (`ReportOptions.compared_profiles`) are given."""
+    extra = {"cross-engine": tb.cross_engine_table(runs, profiles)} if profiles else {}
     return {
         "main": tb.main_table(runs, "secure"),
         "predicted": tb.cost_table(runs, "cost"),
@@ -50,6 +54,7 @@ def family_tables(runs: list) -> dict[str, pd.DataFrame]:
         "operators-predicted": tb.operator_table(runs, "cost"),
         "phases": tb.phase_table(runs),
         "fidelity": tb.fidelity_table(runs),
+        **extra,
     }
 
 
@@ -81,8 +86,10 @@ def _train_eval_series(run) -> tuple[list, list, list, list]:
     return [s for s, _ in train], [v for _, v in train], [s for s, _ in ev], [v for _, v in ev]
 
 
-def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict[str, str]:
-    """Write the family's figures; returns {figure kind: path, or "n/a: reason"}."""
+def family_figures(fam: str, runs: list, names: list[str], folder: Path,
+                   cross: pd.DataFrame | None = None) -> dict[str, str]:
+    """Write the family's figures (with `cross`, the cross-engine table, also its savings bars);
+    returns {figure kind: path, or "n/a: reason"}."""
     from pi_lnfree import plots
 
     out: dict[str, str] = {}
@@ -122,11 +129,36 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
             folder / f"operators{suffix}-{s}.png",
             f"Private-inference cost per operator, {fam}, {what} (T={have[0][1]['seq_len']})",
             "estimated WAN latency (s)"))
+    if cross is not None:
+        save_cols = [c for c in cross.columns if c.endswith(" comm savings (x)")]
+        profiles = [c.removesuffix(" comm savings (x)") for c in save_cols]
+        values = [[None if pd.isna(v) else float(v) for v in cross[c]] for c in save_cols]
+        have = [v for col in values for v in col if v is not None]
+        write("cross-engine savings", have, "no profile has a secure-eval result for the SM+LN+G baseline",
+              lambda: plots.cross_engine_savings_bars(
+                  list(cross[tb.CONFIG]), profiles, values, folder / f"cross-engine-{s}.png",
+                  f"Communication saving vs {tb.BASELINE} per engine, {fam} (measured, "
+                  f"T={_secure_len(runs)})"))
     return out
+
+
+def _secure_len(runs: list) -> str:
+    lens = sorted({res["seq_len"] for r in runs for k, res in r.pieces.items() if k.startswith("secure") and res})
+    return ",".join(str(t) for t in lens) or "?"
 
 
 # ---------------------------------------------------------------------------------------------
 # report.md
+
+
+def _parties(opts) -> str:
+    """Who ran the secure-eval of the report's profile, in words."""
+    from pi_lnfree.secure.profile import load_profile
+
+    profile = load_profile(opts.protocol)
+    if profile.engine == "crypten":
+        return "two real CrypTen parties"
+    return f"{profile.world_size} real SPU {profile.spu_protocol} parties"
 
 
 def _settings_lines(opts, runs: list) -> list[str]:
@@ -136,9 +168,14 @@ def _settings_lines(opts, runs: list) -> list[str]:
         f"the first {opts.entropy_batches} x {opts.entropy_batch_size} validation sequences"
     proto = Path(opts.protocol).name
     secure = "skipped" if opts.secure_seq_len == 0 else (
-        f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, two real CrypTen "
-        "parties on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
+        f"`{proto}`, T={opts.secure_seq_len}, {opts.samples} validation sequence(s) per run, {_parties(opts)} "
+        "on this machine; LAN/WAN latency = measured local compute + rounds x RTT + bytes / bandwidth "
         "(protocols/networks.toml)")
+    if opts.compared_profiles():
+        secure = (", ".join(f"`{Path(p).name}`" for p in opts.profiles()) + f", T={opts.secure_seq_len}, "
+                  f"{opts.samples} validation sequence(s) per run, every party on this machine (the per-family "
+                  f"tables use `{proto}`; the cross-engine table compares all); LAN/WAN latency = measured "
+                  "local compute + rounds x RTT + bytes / bandwidth (protocols/networks.toml)")
     lens = ", ".join(str(t) for t in sorted({opts.cost_length(r.config) for r in runs}))
     cost = "skipped" if opts.cost_seq_len == 0 else (
         f"`{proto}` calibration, T={lens}" + (" (the model context)" if opts.cost_seq_len is None else "")
@@ -176,8 +213,13 @@ def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, comma
                   _share_markdown(t["operators-predicted"], "cost"), "",
                   "### Offline and online phases (offline: before the client's input exists; the TTP dealer "
                   "is needed only then)", "", tb.to_markdown(t["phases"]), "",
-                  "### Secure-eval fidelity (secure vs plaintext logits)", "", tb.to_markdown(t["fidelity"]), "",
-                  "### Figures", ""]
+                  "### Secure-eval fidelity (secure vs plaintext logits)", "", tb.to_markdown(t["fidelity"]), ""]
+        if "cross-engine" in t:
+            lines += ["### Cross-engine comparison (measured by secure-eval under each profile)", "",
+                      "MB: bytes all parties send for one sequence / 1e6; rounds: CrypTen's communication calls, "
+                      "SPU's send actions of the busiest party; comm savings (x) = SM+LN+G bytes / this "
+                      "configuration's bytes under the same profile.", "", tb.to_markdown(t["cross-engine"]), ""]
+        lines += ["### Figures", ""]
         for kind, path in figs.items():
             if path.startswith("n/a"):
                 lines += [f"- {kind}: {path}", ""]
@@ -208,18 +250,23 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
     files: list[str] = []
     records: dict[str, list] = {}
     for fam, members in families.items():
-        fam_tables[fam] = family_tables(members)
+        fam_tables[fam] = family_tables(members, opts.compared_profiles())
         for kind, df in fam_tables[fam].items():
             path = out / "tables" / f"{kind}-{slug(fam)}.csv"
             write_csv(path, df)
             files.append(str(path))
             records[f"{kind}-{slug(fam)}"] = tb.to_records(df)
-        fam_figures[fam] = family_figures(fam, members, tb.configuration_names(members), out / "figures")
+        fam_figures[fam] = family_figures(fam, members, tb.configuration_names(members), out / "figures",
+                                          fam_tables[fam].get("cross-engine"))
         files += [p for p in fam_figures[fam].values() if not p.startswith("n/a")]
         if show:
             table = tb.to_rich(fam_tables[fam]["main"].rename(columns=tb.SHORT_NAMES), members[0].family_title)
             wide = console if console.is_terminal else Console(stderr=True, width=160)  # logs: don't squeeze
             wide.print(table)
+            if "cross-engine" in fam_tables[fam]:
+                cross = fam_tables[fam]["cross-engine"]
+                wide.print(tb.to_rich(cross, f"Cross-engine: {members[0].family_title}",
+                                      tb.cross_engine_headers(cross.columns)))
     write_csv(out / "report.csv", run_rows(families, fam_tables))
     write_text(out / "report.md", render_markdown(runs, fam_tables, fam_figures, opts, command, out))
     summary = {

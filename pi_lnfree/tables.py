@@ -169,6 +169,46 @@ def main_table(runs: Sequence, piece: str = "secure") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(MAIN_COLUMNS))
 
 
+def cross_engine_columns(profile: str) -> tuple[str, str, str, str]:
+    """The cross-engine table's column names for one profile: MB, rounds, WAN seconds, saving."""
+    return (f"{profile} MB", f"{profile} rounds", f"{profile} WAN (s)", f"{profile} comm savings (x)")
+
+
+def cross_engine_headers(columns: Sequence[str]) -> list[str]:
+    """Two-line terminal headers of a cross-engine table: the profile's name above its first
+    column only ("spu-semi2k\\nMB", "\\nrounds", ...), so the table fits a terminal."""
+    short = {" MB": "MB", " rounds": "rounds", " WAN (s)": "WAN s", " comm savings (x)": "comm x"}
+    out = []
+    for c in columns:
+        end = next((e for e in short if str(c).endswith(e)), None)
+        top = str(c).removesuffix(end) if end == " MB" else ""
+        out.append(f"{top}\n{short[end]}" if end else "config")
+    return out
+
+
+def cross_engine_table(runs: Sequence, profiles: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """One row per configuration of a family; per profile, the measured secure-eval cost side by
+    side: MB (bytes all parties send / 1e6), rounds, WAN seconds, and the communication saving vs
+    the family's SM+LN+G run under the same profile (baseline bytes / these bytes).
+
+    `profiles`: (profile name for the headers, `run.pieces` key of its secure-eval result).
+    A missing result gives n/a cells (and n/a savings for every run when the baseline's is missing).
+    """
+    base = baseline_run(runs)
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        row: dict[str, Any] = {CONFIG: name}
+        for profile, key in profiles:
+            c = cost_summary(run.pieces.get(key))
+            b = cost_summary(base.pieces.get(key)) if base is not None else cost_summary(None)
+            mb, rounds, wan, save = cross_engine_columns(profile)
+            row[mb] = None if c["bytes"] is None else c["bytes"] / 1e6
+            row[rounds], row[wan], row[save] = c["rounds"], c["wan"], savings(b["bytes"], c["bytes"])
+        rows.append(row)
+    cols = [CONFIG, *(c for profile, _ in profiles for c in cross_engine_columns(profile))]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def cost_table(runs: Sequence, piece: str = "cost") -> pd.DataFrame:
     """Costs only (no quality columns): the cost model's predictions for one family."""
     base = baseline_run(runs)
@@ -296,11 +336,19 @@ def _fmt(value: Any, fmt: str | None) -> str:
     return str(value)
 
 
+SUFFIX_FORMATS = {" MB": "{:.2f}", " rounds": FORMATS[ROUNDS], " WAN (s)": FORMATS[WAN], " (x)": "{:.2f}x"}
+
+
+def _suffix_format(column: str) -> str | None:
+    """The format of a per-profile column ("spu-semi2k MB") by the end of its name."""
+    return next((f for end, f in SUFFIX_FORMATS.items() if column.endswith(end)), None)
+
+
 def formatted_rows(df: pd.DataFrame) -> list[list[str]]:
     """Cell strings of `df` with the report's number formats; missing values as "n/a"."""
     cols = list(df.columns)
     long_name = {short: full for full, short in SHORT_NAMES.items()}
-    fmts = [FORMATS.get(c, FORMATS.get(long_name.get(c, ""))) for c in cols]
+    fmts = [FORMATS.get(c, FORMATS.get(long_name.get(c, ""), _suffix_format(str(c)))) for c in cols]
     return [[_fmt(row[c], f) for c, f in zip(cols, fmts, strict=True)] for _, row in df.iterrows()]
 
 
@@ -318,14 +366,14 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def to_rich(df: pd.DataFrame, title: str):
-    """A rich Table of `df` for the terminal."""
+def to_rich(df: pd.DataFrame, title: str, headers: Sequence[str] | None = None):
+    """A rich Table of `df` for the terminal (`headers`: shown instead of the column names)."""
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for c in df.columns:
-        table.add_column(str(c), justify="left" if c in (CONFIG, "config", "category", "protocol") else "right",
+    for c, h in zip(df.columns, headers or df.columns, strict=True):
+        table.add_column(str(h), justify="left" if c in (CONFIG, "config", "category", "protocol") else "right",
                          no_wrap=True)
     for row in formatted_rows(df):
         table.add_row(*row)

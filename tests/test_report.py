@@ -175,3 +175,80 @@ def test_cli_json_and_bad_input(run_dirs, computed, tmp_path, capsys):
         main(["report", str(tmp_path), "--out", str(tmp_path / "r2")])
     assert e.value.code == 2
     assert "has no ckpt.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# several profiles: the cross-engine table
+
+
+def _fake_run(label: str, **results):
+    """A stand-in for a RunResult: a label and secure-eval results by pieces key."""
+    from types import SimpleNamespace
+
+    pieces = {key: {"total": {"bytes": b, "rounds": r}, "network": {"wan": {"seconds": w}}}
+              for key, (b, r, w) in results.items()}
+    return SimpleNamespace(label=label, name=label.lower(), pieces=pieces)
+
+
+def test_cross_engine_table_by_hand():
+    runs = [_fake_run("SM+LN+G", secure=(30e6, 300, 40.0), **{"secure@spu-semi2k": (20e6, 500, 50.0)}),
+            _fake_run("SM+R", secure=(12e6, 200, 20.0), **{"secure@spu-semi2k": (8e6, 250, 25.0)}),
+            _fake_run("SM+G", secure=(24e6, 280, 30.0))]  # no SEMI2K result
+    df = tb.cross_engine_table(runs, [("crypten-2pc-ttp", "secure"), ("spu-semi2k", "secure@spu-semi2k")])
+    assert list(df[tb.CONFIG]) == ["SM+LN+G", "SM+R", "SM+G"]
+    assert list(df["crypten-2pc-ttp MB"]) == [30.0, 12.0, 24.0]
+    assert list(df["crypten-2pc-ttp comm savings (x)"]) == [1.0, 2.5, 1.25]  # 30/12, 30/24
+    assert list(df["spu-semi2k comm savings (x)"][:2]) == [1.0, 2.5] and pd.isna(df.loc[2, "spu-semi2k MB"])
+    assert list(df["spu-semi2k rounds"][:2]) == [500.0, 250.0] and list(df["crypten-2pc-ttp WAN (s)"]) == [40, 20, 30]
+    md = tb.to_markdown(df)
+    assert "| SM+R | 12.00 | 200 | 20 | 2.50x | 8.00 | 250 | 25 | 2.50x |" in md
+    assert "| SM+G | 24.00 | 280 | 30 | 1.25x | n/a | n/a | n/a | n/a |" in md
+    # no baseline under a profile: every saving of that profile is n/a
+    no_base = tb.cross_engine_table(runs[1:], [("crypten-2pc-ttp", "secure")])
+    assert no_base["crypten-2pc-ttp comm savings (x)"].isna().all()
+    assert tb.cross_engine_headers(df.columns)[:3] == ["config", "crypten-2pc-ttp\nMB", "\nrounds"]
+
+
+def test_several_profiles_bad_input_and_spu_cost_na(run_dirs, computed):
+    from pi_lnfree.errors import UserError
+    from pi_lnfree.report import skipped_reason
+
+    with pytest.raises(UserError, match="given twice"):
+        _options(secure_seq_len=8, compare=["crypten-2pc-tfp"]).validate()
+    with pytest.raises(UserError, match="needs secure-eval"):
+        _options(compare=["spu-semi2k"]).validate()
+    opts = _options(protocol="spu-semi2k")
+    opts.validate()
+    assert "calibrated on CrypTen's protocols only" in skipped_reason("cost", open_run(run_dirs[0]), opts)
+
+
+@pytest.mark.slow
+def test_cross_engine_report_equals_the_cached_results(run_dirs, computed, tmp_path, capfd):
+    """Real secure-eval of both runs under CrypTen (TFP) and SPU SEMI2K, T=8, through the CLI."""
+    from pi_lnfree.cli import main
+    from pi_lnfree.secure.spu_engine import SpuMissing, spu_python
+
+    try:
+        spu_python()
+    except SpuMissing as e:
+        pytest.skip(f"no SPU environment ({e}); `make spu` builds it")
+    main(["report", *map(str, run_dirs), "--out", str(tmp_path), "--protocol", str(TFP), "--protocol", "spu-semi2k",
+          "--secure-seq-len", "8", "--cost-seq-len", "16", "--eval-batch-size", "8", "--eval-batches", "2",
+          "--entropy-batch-size", "4", "--entropy-batches", "1", "--json"])
+    out = json.loads(capfd.readouterr().out)  # capfd: the parties write to the real stderr
+    assert out["missing"] == {str(d): {} for d in run_dirs}  # every piece computed, the cost model for TFP
+    cross = pd.read_csv(tmp_path / "tables" / "cross-engine-tiny.csv")
+    assert list(cross[tb.CONFIG]) == ["SM+LN+G", "SM+LLR(layer)"]
+    for stem in ("crypten-2pc-tfp", "spu-semi2k"):
+        res = [_cache(d, f"secure-{stem}-T8.json") for d in run_dirs]
+        assert [r["seq_len"] for r in res] == [8, 8]
+        assert list(cross[f"{stem} MB"]) == [r["total"]["bytes"] / 1e6 for r in res]
+        assert list(cross[f"{stem} rounds"]) == [r["total"]["rounds"] for r in res]
+        assert list(cross[f"{stem} WAN (s)"]) == [r["network"]["wan"]["seconds"] for r in res]
+        assert list(cross[f"{stem} comm savings (x)"]) == [1.0, res[0]["total"]["bytes"] / res[1]["total"]["bytes"]]
+    main_tiny = pd.read_csv(tmp_path / "tables" / "main-tiny.csv")  # the first profile fills the main table
+    assert main_tiny.loc[1, tb.GB] == _cache(run_dirs[1], "secure-crypten-2pc-tfp-T8.json")["total"]["bytes"] / 1e9
+    md = (tmp_path / "report.md").read_text()
+    assert "### Cross-engine comparison" in md and "| configuration | crypten-2pc-tfp MB |" in md
+    assert Path(out["figures"]["tiny"]["cross-engine savings"]).is_file()
+    assert out["tables"]["cross-engine-tiny"][0]["spu-semi2k comm savings (x)"] == 1.0
