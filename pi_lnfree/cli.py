@@ -177,7 +177,8 @@ def entropy(
     if data is not None:
         result = dg.entropy_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
         console.print(dg.entropy_table(result))
-        console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
+        for line in dg.entropy_summary_lines(result):
+            console.print(line, highlight=False, soft_wrap=True)
         if plot is not None:
             result["plot"] = str(dg.write_entropy_heatmap(result, plot))
             console.print(f"wrote {plot}", soft_wrap=True)

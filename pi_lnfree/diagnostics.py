@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pi_lnfree.attention_check import attention_check, max_causal_entropy, summary_line
 from pi_lnfree.errors import UserError
 
 DEFAULT_EPS = 1e-12
@@ -50,14 +51,6 @@ def _entropy_of_probs(att: torch.Tensor, eps: float) -> torch.Tensor:
     p = att.double()
     per_query = -(p * torch.log(p + eps)).sum(dim=-1)  # (B, H, T); masked keys have p = 0
     return per_query.mean(dim=-1)
-
-
-def max_causal_entropy(seq_len: int) -> float:
-    """Largest possible eq. 8 entropy of a causal head over `seq_len` positions: query i sees
-    i + 1 keys, so uniform attention gives log(i + 1); averaged over positions, lgamma(T+1)/T."""
-    if seq_len < 1:
-        raise UserError(f"sequence length must be at least 1, got {seq_len}")
-    return math.lgamma(seq_len + 1) / seq_len
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +243,12 @@ def entropy_report(
     model, folder, batch_size: int = 16, batches: int | None = None, eps: float = DEFAULT_EPS,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Headwise entropy, Emax bands (overall and per layer), overload fraction, and the same
-    values relative to the theoretical maximum `max_entropy` (uniform causal attention).
+    """Headwise entropy, Emax bands (overall and per layer), overload fraction, the same
+    values relative to the theoretical maximum `max_entropy` (uniform causal attention), and the
+    learned-attention check (`attention_check.attention_check`: uniform heads, spread, verdict).
 
     Keys: entropy, emax, bands, bands_per_layer, overload_fraction, entropy_per_layer,
-    max_entropy, entropy_relative, emax_relative, sequences, seq_len, eps.
+    max_entropy, entropy_relative, emax_relative, attention, sequences, seq_len, eps.
     """
     e, n = entropy_matrix(model, folder, batch_size, batches, eps, show_progress)
     hmax = max_causal_entropy(int(folder.seq_len))
@@ -266,6 +260,7 @@ def entropy_report(
         "max_entropy": hmax,
         "entropy_relative": (e / hmax).tolist(),
         "emax_relative": bands["emax"] / hmax,
+        "attention": attention_check(e, int(folder.seq_len)),
         "sequences": n,
         "seq_len": int(folder.seq_len),
         "eps": eps,
@@ -417,30 +412,50 @@ def _slope_labels(cfg) -> list[str]:
 
 
 def entropy_table(result: dict[str, Any]):
-    """A rich Table per layer: mean/min/max headwise entropy and band shares."""
+    """A rich Table per layer: mean/min/max headwise entropy, band shares of Emax, and the share
+    of uniform heads (entropy within the learned-attention check's margin of the causal maximum)."""
     from rich.table import Table
 
+    check = result["attention"]
     table = Table(title=f"headwise entropy (nats), {result.get('label', '')}: Emax {result['emax']:.3f}, "
-                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax")
+                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax; uniform: "
+                  f">= {check['uniform_fraction']:.0%} of the max possible")
     table.add_column("layer", justify="right")
     for name in ("mean", "min", "max"):
         table.add_column(name, justify="right")
     for key in BAND_KEYS:
         table.add_column(f"{key}%", justify="right")
-    for i, (row, bands) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
+    table.add_column("uniform%", justify="right")
+    rows = zip(result["entropy"], result["bands_per_layer"], check["uniform_share_per_layer"], strict=True)
+    for i, (row, bands, uniform) in enumerate(rows):
         stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
-        table.add_row(str(i), *stats, *(f"{bands[k]:.0%}" for k in BAND_KEYS))
+        table.add_row(str(i), *stats, *(f"{bands[k]:.0%}" for k in BAND_KEYS), f"{uniform:.0%}")
     table.add_row("all", f"{np.mean(result['entropy']):.3f}", f"{np.min(result['entropy']):.3f}",
-                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in BAND_KEYS), end_section=True)
+                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in BAND_KEYS),
+                  f"{check['uniform_share']:.0%}", end_section=True)
     return table
+
+
+def entropy_summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines printed under the entropy table: overload with the heads' spread, and the
+    learned-attention verdict (with the budget needed when attention is still uniform)."""
+    check = result["attention"]
+    lines = [f"overload fraction (top band): {result['overload_fraction']:.1%} of heads; entropy spread "
+             f"Emin/Emax {check['min_over_max']:.3f}, std {check['entropy_std']:.3f} nats",
+             summary_line(check)]
+    if not check["learned"]:
+        lines.append(f"not meaningful yet: {check['advice']}")
+    return lines
 
 
 def write_entropy_heatmap(result: dict[str, Any], out: str | os.PathLike) -> Path:
     """The layers x heads heatmap of an `entropy_checkpoint` result, on the 0..max_entropy scale."""
     from pi_lnfree.plots import entropy_heatmap
 
+    check = result["attention"]
     title = (f"Headwise attention entropy: {result['label']} ({result['variant']})\n"
-             f"overload: {result['overload_fraction']:.0%} of heads in the top band")
+             f"overload: {result['overload_fraction']:.0%} of heads in the top band; "
+             f"Emin/Emax {check['min_over_max']:.2f}; uniform: {check['uniform_share']:.0%} of heads")
     return entropy_heatmap(result["entropy"], out, title, vmax=result["max_entropy"], emax=result["emax"])
 
 

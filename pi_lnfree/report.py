@@ -263,6 +263,10 @@ def gather_piece(piece: str, run: RunResult, opts: ReportOptions) -> float:
     request = request_of(piece, run, opts)
     result, why = read_cache(path, request)
     if result is not None:
+        if piece == "entropy":  # a cache written before the learned-attention check existed
+            from pi_lnfree.attention_check import check_of
+
+            result = {**result, "attention": check_of(result)}
         run.pieces[piece], run.files[piece] = result, str(path)
         return 0.0
     if not opts.compute:

@@ -51,11 +51,12 @@ def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
     assert cfg["train.max_steps"] == 7 and cfg["train.batch_size"] == 32  # defaults filled in
     monkeypatch.chdir(tmp_path / "r")
     cfg = load_recipe(str(recipe), ["data.dir=elsewhere", "model.final_norm=false", "optim.lr=3e-4",
-                                    "train.debug_nonfinite_steps=[2, 3]"])
+                                    "train.debug_nonfinite_steps=[2, 3]", "model.residual_init=plain"])
     assert cfg["data.dir"] == str(tmp_path / "r" / "elsewhere")  # --set: relative to the cwd
     assert cfg["optim.lr"] == 3e-4 and cfg["train.debug_nonfinite_steps"] == [2, 3]
     mc = cfg.model_config(vocab_size=100, seq_len=64)
     assert (mc.activation, mc.final_norm, mc.block_size, mc.n_layer) == ("relu", False, 64, 2)
+    assert mc.residual_init == "plain"
     # The resolved recipe round-trips through the TOML writer.
     out = tmp_path / "resolved.toml"
     out.write_text(cfg.to_toml())
