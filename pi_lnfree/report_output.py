@@ -36,7 +36,8 @@ def slug(text: str) -> str:
 
 
 def family_tables(runs: list) -> dict[str, pd.DataFrame]:
-    """The tables of one family, by kind: main, predicted, operators, operators-predicted, fidelity."""
+    """The tables of one family, by kind: main, attention, predicted, operators, operators-predicted,
+    fidelity."""
     return {
         "main": tb.main_table(runs, "secure"),
         "attention": tb.attention_table(runs),
