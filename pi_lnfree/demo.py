@@ -125,7 +125,7 @@ def run_demo(work: Path, out: Path, vocab_size: int, limit_mb: float, steps: int
     summary = stage("4/4 report", make_report, run_dirs, out, opts, command)
     scope = scope_lines(runs, steps, batch_size, secure_seq_len)
     _prepend_section(Path(summary["report"]), scope)
-    console.print("\n".join(scope).replace("**", "").replace("`", ""), highlight=False, soft_wrap=True)
+    console.print("\n".join(scope).replace("## ", "").replace("`", ""), highlight=False, soft_wrap=True)
     timings["total"] = round(time.perf_counter() - started, 1)
     result = {"timings": timings, "training": status, "report": summary["report"],
               "missing": summary["missing"], "settings": {

@@ -89,8 +89,8 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path) -> dict
 
     ent = [(n, r.pieces["entropy"]) for n, r in zip(names, runs, strict=True) if r.pieces.get("entropy")]
     write("entropy heatmaps", ent, "no entropy results", lambda: plots.entropy_heatmaps_grid(
-        [(f"{n}: overload {e['overload_fraction']:.0%}, Emin/Emax {e['attention']['min_over_max']:.2f}, "
-          f"uniform {e['attention']['uniform_share']:.0%}", e["entropy"], e["emax"]) for n, e in ent],
+        [(f"{n}: overload {e['overload_fraction']:.0%}\nEmin/Emax {e['attention']['min_over_max']:.2f}, "
+          f"uniform heads {e['attention']['uniform_share']:.0%}", e["entropy"], e["emax"]) for n, e in ent],
         folder / f"entropy-heatmaps-{s}.png", f"Headwise attention entropy, {fam} (scale: 0 to the causal maximum)",
         vmax=max(e["max_entropy"] for _, e in ent) if ent else None))
 
