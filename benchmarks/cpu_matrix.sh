@@ -18,10 +18,10 @@
 # Environment: PY (default .venv/bin/python), OUT (default runs/cpu-matrix), DATA (default
 # data/stdlib-4096, prepared on first use), STEPS (default 2000), WIDE_STEPS (default STEPS),
 # THREADS (torch threads per run, default 2), PROTOCOL (default protocols/crypten-2pc-ttp.toml),
-# SECURE_T (measured secure-eval length for the four paper runs' cost report, default 64; 0 skips).
-# Each run's `pi-lnfree train --json` summary goes to OUT/NAME/train.json and its wall time to
-# OUT/walltimes.tsv. Reports: OUT/report (all finished runs, cost model at T=128) and
-# OUT/report-secure (the four paper runs, measured and predicted cost at SECURE_T).
+# SECURE_T (measured secure-eval length for the four paper runs' cost report, default 64; 0 skips),
+# REPORT (default OUT/report). Each run's `pi-lnfree train --json` summary goes to
+# OUT/NAME/train.json and its wall time to OUT/walltimes.tsv. Reports: REPORT (all finished runs,
+# cost model at T=128) and REPORT-secure (the four paper runs, measured and predicted cost at SECURE_T).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -33,6 +33,7 @@ WIDE_STEPS=${WIDE_STEPS:-$STEPS}
 THREADS=${THREADS:-2}
 PROTOCOL=${PROTOCOL:-protocols/crypten-2pc-ttp.toml}
 SECURE_T=${SECURE_T:-64}
+REPORT=${REPORT:-$OUT/report}
 
 # name | extra --set items (space separated)
 RUNS=(
@@ -83,10 +84,10 @@ finished() {  # names of finished runs, in the order of RUNS, restricted to the 
 report_all() {
   mapfile -t done_runs < <(finished)
   [ ${#done_runs[@]} -gt 0 ] || { echo "no finished runs in $OUT"; return 0; }
-  $PI report "${done_runs[@]}" --out "$OUT/report" --protocol "$PROTOCOL" --secure-seq-len 0
+  $PI report "${done_runs[@]}" --out "$REPORT" --protocol "$PROTOCOL" --secure-seq-len 0
   mapfile -t paper_runs < <(finished "${PAPER[@]}")
   if [ "$SECURE_T" -gt 0 ] && [ ${#paper_runs[@]} -gt 0 ]; then
-    $PI report "${paper_runs[@]}" --out "$OUT/report-secure" --protocol "$PROTOCOL" \
+    $PI report "${paper_runs[@]}" --out "$REPORT-secure" --protocol "$PROTOCOL" \
       --secure-seq-len "$SECURE_T" --cost-seq-len "$SECURE_T" --samples 1
   fi
 }
@@ -95,5 +96,5 @@ case "${1:-}" in
   train) train_all ;;
   report) report_all ;;
   all) train_all; report_all ;;
-  *) sed -n '2,25p' "$0"; exit 2 ;;
+  *) sed -n '2,24p' "$0"; exit 2 ;;
 esac
