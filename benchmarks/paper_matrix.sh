@@ -4,7 +4,9 @@
 #   benchmarks/paper_matrix.sh cost        # CPU, minutes: cost-model tables for GPT-2-small and
 #                                          # Pythia-70M at T=128 and T=256 -> benchmarks/results/paper_cost_tables.{md,csv}
 #   benchmarks/paper_matrix.sh cpu         # CPU, ~1 h on 2 shared cores: the four paper variants on
-#                                          # training/cpu.toml + report -> reports/cpu-matrix/, benchmarks/results/cpu_matrix.csv
+#                                          # training/cpu.toml + report -> reports/cpu-matrix/ (CPU_STEPS=200:
+#                                          # the cost tables; too short for quality or entropy, where LN-free
+#                                          # attention is still uniform: benchmarks/cpu_matrix.sh trains 2,000 steps)
 #   benchmarks/paper_matrix.sh gpu-data    # needs the Hugging Face hub: CodeParrot at T=128 and T=256
 #   benchmarks/paper_matrix.sh gpu-train   # GPU: every variant of training/paper-variants.toml for
 #                                          # GPT-2 (T=128) and Pythia-70M (T=128, T=256)
@@ -98,5 +100,5 @@ case "${1:-}" in
   gpu-data) gpu_data ;;
   gpu-train) gpu_train ;;
   gpu-report) gpu_report ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -185,7 +185,7 @@ def entropy(
 ) -> None:
     """Headwise attention entropy of a checkpoint, entropy bands, heatmap and dynamics."""
     from pi_lnfree import diagnostics as dg
-    from pi_lnfree.tables import entropy_table
+    from pi_lnfree.tables import entropy_summary_lines, entropy_table
 
     if data is None and dynamics is None:
         raise UserError("give --data DIR (entropy on its validation split) and/or --dynamics PNG (from a run dir)")
@@ -195,7 +195,8 @@ def entropy(
     if data is not None:
         result = dg.entropy_checkpoint(checkpoint, data, batch_size, batches, show_progress=True)
         console.print(entropy_table(result))
-        console.print(f"overload fraction (top band): {result['overload_fraction']:.1%} of heads")
+        for line in entropy_summary_lines(result):
+            console.print(line, highlight=False, soft_wrap=True)
         if plot is not None:
             from pi_lnfree.plots import write_entropy_heatmap
 

@@ -7,6 +7,7 @@ paper compares (norm, activation). The vocabulary size comes from the data folde
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,18 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "leaky_relu", "learnable_leaky")
 SLOPE_MODES = ("layer", "global")
 RESIDUALS = ("sequential", "parallel")
 POSITIONS = ("learned", "rotary")
+# Initial std of the residual projections (the attention and MLP `c_proj` weights):
+# "scaled" = init_std / sqrt(2 * n_layer), GPT-2's rule (Radford et al. 2019, section 2.3: "scale
+# the weights of residual layers at initialization by a factor of 1/sqrt(N) where N is the number
+# of residual layers"; nanoGPT's form), the authors' and this project's default;
+# "plain" = init_std, like every other weight.
+RESIDUAL_INITS = ("scaled", "plain")
+
 # The allowed values of ModelConfig's enum-like string fields (for `activation`: of each entry).
 # Recipes type-check these fields against them (pi_lnfree.recipe); `validate` checks them too.
 MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "norm": NORMS, "activation": ACTIVATIONS, "slope_mode": SLOPE_MODES, "residual": RESIDUALS, "position": POSITIONS,
+    "residual_init": RESIDUAL_INITS,
 }
 
 
@@ -53,6 +62,7 @@ class ModelConfig:
     # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
     ln_removal: bool = False
     head_bias: bool = False  # a bias on the LM head (a folded final norm's bias lands here)
+    residual_init: str = "scaled"  # c_proj weights: "scaled" (GPT-2) or "plain" (see RESIDUAL_INITS)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -114,6 +124,8 @@ class ModelConfig:
         check(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}")
         check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
         check(self.slope_mode in SLOPE_MODES, f"slope_mode must be one of {SLOPE_MODES}, got {self.slope_mode!r}")
+        check(self.residual_init in RESIDUAL_INITS,
+              f"residual_init must be one of {RESIDUAL_INITS}, got {self.residual_init!r}")
         check(0.0 < self.rotary_pct <= 1.0, f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
         if self.position == "rotary":
             check(self.rotary_dim >= 2, "rotary_pct too small: no head dim would rotate")
@@ -136,6 +148,13 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
+    @property
+    def residual_init_std(self) -> float:
+        """Initial std of the residual projections (`c_proj` weights) under `residual_init`."""
+        if self.residual_init == "plain":
+            return self.init_std
+        return self.init_std / math.sqrt(2 * self.n_layer)
+
 
 # Shapes. `vocab_size` is filled in from the tokenizer of the data folder.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -145,6 +164,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         residual="parallel", tie_embeddings=False,
     ),
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    # 48 heads (head dim 32) for the entropy-band / overload question, which 16 heads cannot answer.
+    "cpu-wide": dict(n_layer=6, n_head=8, n_embd=256, block_size=128),
     "tiny": dict(n_layer=2, n_head=4, n_embd=64, block_size=128),
 }
 
@@ -207,18 +228,25 @@ _ACT_LABEL = {
 
 def variant_label(cfg: ModelConfig) -> str:
     """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid);
-    SM+DyT+R for Dynamic Tanh in place of the norms."""
+    SM+DyT+R for Dynamic Tanh in place of the norms.
+
+    Switches that differ from the paper's setup are named in parentheses: "SM+R (no final LN)",
+    "SM+G (plain init)", "SM+R (no final LN, plain init)".
+    """
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
     act = "/".join(labels)
     if "learnable_leaky" in acts:
         act += f"({cfg.slope_mode})"
     name = "SM+" + {"layernorm": "LN+", "dyt": "DyT+", "none": ""}[cfg.norm] + act
+    notes = []
     if not cfg.final_norm:
-        name += " (no final DyT)" if cfg.norm == "dyt" else " (no final LN)"
+        notes.append("no final DyT" if cfg.norm == "dyt" else "no final LN")
+    if cfg.residual_init != "scaled":
+        notes.append(f"{cfg.residual_init} init")
     if cfg.ln_removal:
-        name += " (LN removal in progress)"
-    return name
+        notes.append("LN removal in progress")
+    return name + (f" ({', '.join(notes)})" if notes else "")
 
 
 def variant_name(cfg: ModelConfig) -> str:

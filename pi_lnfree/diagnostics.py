@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pi_lnfree.attention_check import attention_check, max_causal_entropy
 from pi_lnfree.errors import UserError
 
 DEFAULT_EPS = 1e-12
@@ -50,14 +51,6 @@ def _entropy_of_probs(att: torch.Tensor, eps: float) -> torch.Tensor:
     p = att.double()
     per_query = -(p * torch.log(p + eps)).sum(dim=-1)  # (B, H, T); masked keys have p = 0
     return per_query.mean(dim=-1)
-
-
-def max_causal_entropy(seq_len: int) -> float:
-    """Largest possible eq. 8 entropy of a causal head over `seq_len` positions: query i sees
-    i + 1 keys, so uniform attention gives log(i + 1); averaged over positions, lgamma(T+1)/T."""
-    if seq_len < 1:
-        raise UserError(f"sequence length must be at least 1, got {seq_len}")
-    return math.lgamma(seq_len + 1) / seq_len
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,11 +188,12 @@ def entropy_report(
     model, folder, batch_size: int = 16, batches: int | None = None, eps: float = DEFAULT_EPS,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Headwise entropy, Emax bands (overall and per layer), overload fraction, and the same
-    values relative to the theoretical maximum `max_entropy` (uniform causal attention).
+    """Headwise entropy, Emax bands (overall and per layer), overload fraction, the same
+    values relative to the theoretical maximum `max_entropy` (uniform causal attention), and the
+    learned-attention check (`attention_check.attention_check`: uniform heads, spread, verdict).
 
     Keys: entropy, emax, bands, bands_per_layer, overload_fraction, entropy_per_layer,
-    max_entropy, entropy_relative, emax_relative, sequences, seq_len, eps.
+    max_entropy, entropy_relative, emax_relative, attention, sequences, seq_len, eps.
     """
     e, n = entropy_matrix(model, folder, batch_size, batches, eps, show_progress)
     hmax = max_causal_entropy(int(folder.seq_len))
@@ -211,6 +205,7 @@ def entropy_report(
         "max_entropy": hmax,
         "entropy_relative": (e / hmax).tolist(),
         "emax_relative": bands["emax"] / hmax,
+        "attention": attention_check(e, int(folder.seq_len)),
         "sequences": n,
         "seq_len": int(folder.seq_len),
         "eps": eps,

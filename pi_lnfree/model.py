@@ -209,10 +209,11 @@ class GPT(nn.Module):
         # ("global"); each block reads its entry through cfg.slope_index().
         self.slopes = nn.Parameter(torch.full((cfg.n_slopes,), cfg.leaky_slope)) if cfg.n_slopes else None
         self.apply(self._init_weights)
-        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        # The residual projections (attention and MLP c_proj) get their own std: GPT-2's
+        # 1/sqrt(2 * n_layer) scaling by default, or init_std with model.residual_init = "plain".
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=residual_std)
+                nn.init.normal_(p, mean=0.0, std=cfg.residual_init_std)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

@@ -165,8 +165,10 @@ def slope_legend(dyn: dict) -> list[str]:
 def write_entropy_heatmap(result: dict, out: str | os.PathLike) -> Path:
     """The layers x heads heatmap of a `diagnostics.entropy_checkpoint` result, on the
     0..max_entropy scale (`pi-lnfree entropy --plot`)."""
+    check = result["attention"]
     title = (f"Headwise attention entropy: {result['label']} ({result['variant']})\n"
-             f"overload: {result['overload_fraction']:.0%} of heads in the top band")
+             f"overload: {result['overload_fraction']:.0%} of heads in the top band; "
+             f"Emin/Emax {check['min_over_max']:.2f}; uniform: {check['uniform_share']:.0%} of heads")
     return entropy_heatmap(result["entropy"], out, title, vmax=result["max_entropy"], emax=result["emax"])
 
 

@@ -306,6 +306,10 @@ def gather_piece(piece: str, run: RunResult, opts: ReportOptions, key: str | Non
     request = request_of(piece, run, opts)
     result, why = read_cache(path, request)
     if result is not None:
+        if piece == "entropy" and "attention" not in result:  # a cache older than the learned-attention check
+            from pi_lnfree.attention_check import check_of
+
+            result = {**result, "attention": check_of(result)}
         run.pieces[key], run.files[key] = result, str(path)
         return 0.0
     if not opts.compute:

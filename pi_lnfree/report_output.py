@@ -6,6 +6,7 @@ Input: the `RunResult`s gathered by `pi_lnfree.report.gather`. Output folder lay
     OUT/report.csv                     one row per run, every number of every table
     OUT/report.json                    the tables as records (what --json prints)
     OUT/tables/main-FAMILY.csv         quality, overload, measured cost, savings (the paper's form)
+    OUT/tables/attention-FAMILY.csv    learned-attention check: uniform heads, entropy spread, verdict
     OUT/tables/predicted-FAMILY.csv    cost-model predictions at the model's context
     OUT/tables/operators-FAMILY.csv    per-operator bytes / WAN latency and their shares (measured)
     OUT/tables/operators-predicted-FAMILY.csv
@@ -28,6 +29,7 @@ import pandas as pd
 from rich.console import Console
 
 from pi_lnfree import tables as tb
+from pi_lnfree.attention_check import MOSTLY_UNIFORM_SHARE, UNIFORM_FRACTION
 from pi_lnfree.files import atomic_write, write_json, write_text
 from pi_lnfree.progress import console
 
@@ -44,11 +46,13 @@ def slug(text: str) -> str:
 
 
 def family_tables(runs: list, profiles: list[tuple[str, str]] | None = None) -> dict[str, pd.DataFrame]:
-    """The tables of one family, by kind: main, predicted, operators, operators-predicted, phases,
-    fidelity, and cross-engine when `profiles` (`ReportOptions.compared_profiles`) are given."""
+    """The tables of one family, by kind: main, attention, predicted, operators,
+    operators-predicted, phases, fidelity, and cross-engine when `profiles`
+    (`ReportOptions.compared_profiles`) are given."""
     extra = {"cross-engine": tb.cross_engine_table(runs, profiles)} if profiles else {}
     return {
         "main": tb.main_table(runs, "secure"),
+        "attention": tb.attention_table(runs),
         "predicted": tb.cost_table(runs, "cost"),
         "operators": tb.operator_table(runs, "secure"),
         "operators-predicted": tb.operator_table(runs, "cost"),
@@ -67,6 +71,7 @@ def run_rows(families: dict[str, list], fam_tables: dict[str, dict[str, pd.DataF
             row = {"family": fam, "run_dir": str(run.run_dir), "variant": run.variant}
             row.update(main.iloc[i].to_dict())
             row["eval loss"] = (run.pieces.get("eval") or {}).get("loss")
+            row[tb.VERDICT] = (tb.attention_of(run) or {}).get("verdict")
             row.update({f"predicted {k}": v for k, v in pred.iloc[i].to_dict().items() if k != tb.CONFIG})
             row["missing"] = "; ".join(f"{k}: {v}" for k, v in run.missing.items())
             rows.append(row)
@@ -100,7 +105,8 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path,
 
     ent = [(n, r.pieces["entropy"]) for n, r in zip(names, runs, strict=True) if r.pieces.get("entropy")]
     write("entropy heatmaps", ent, "no entropy results", lambda: plots.entropy_heatmaps_grid(
-        [(f"{n}: overload {e['overload_fraction']:.0%}", e["entropy"], e["emax"]) for n, e in ent],
+        [(f"{n}: overload {e['overload_fraction']:.0%}\nEmin/Emax {e['attention']['min_over_max']:.2f}, "
+          f"uniform heads {e['attention']['uniform_share']:.0%}", e["entropy"], e["emax"]) for n, e in ent],
         folder / f"entropy-heatmaps-{s}.png", f"Headwise attention entropy, {fam} (scale: 0 to the causal maximum)",
         vmax=max(e["max_entropy"] for _, e in ent) if ent else None))
 
@@ -182,12 +188,31 @@ def _settings_lines(opts, runs: list) -> list[str]:
         + "; seconds estimated from the calibration machine's local compute")
     return [f"- eval PPL: exp(mean token cross-entropy) over {ev}",
             f"- overload: share of heads in the top band [3/4 Emax, Emax] of headwise entropy (Emax: the model's "
-            f"largest head entropy), over {en}; mean entropy (% of max): mean head entropy / the largest possible "
-            "(uniform causal attention)",
+            f"largest head entropy), over {en}; entropy Emin/Emax: smallest / largest head entropy (near 1: every "
+            "head at the same entropy, so 100% overload says nothing); uniform heads: entropy >= "
+            f"{UNIFORM_FRACTION:.0%} of the largest possible; mean entropy (% of max): mean head entropy / the "
+            "largest possible (uniform causal attention, `pi_lnfree.attention_check`)",
             f"- measured cost (secure-eval): {secure}",
             f"- predicted cost (cost model): {cost}",
             "- comm (GB): bytes both parties send for one forward pass of one sequence, / 1e9; "
             "savings (x) = SM+LN+G cost / this configuration's cost, within the family"]
+
+
+def uniform_warning(runs: list) -> str | None:
+    """The caveat printed next to a family's numbers when some of its runs have mostly uniform
+    attention (None when every run with an entropy result has learned attention)."""
+    flat = tb.mostly_uniform(runs)
+    if not flat:
+        return None
+    names = ", ".join(n for n, r in zip(tb.configuration_names(runs), runs, strict=True)
+                      if any(r is f for f in flat))
+    advice = tb.attention_of(flat[0])["advice"]
+    return (f"**Not meaningful yet:** {names}: at least {MOSTLY_UNIFORM_SHARE:.0%} of the heads have an entropy "
+            f"within {1 - UNIFORM_FRACTION:.0%} of the causal maximum (uniform attention, see the learned-attention "
+            "table). Their perplexity is that of a model that averages all earlier tokens, so comparing "
+            "configurations on it says nothing about the paper's finding yet, and their overload fraction is near "
+            "100% only because every head sits at the same entropy (Emin/Emax near 1), not because of entropic "
+            f"overload. Budget needed: {advice}.")
 
 
 def _share_markdown(long: pd.DataFrame, piece: str) -> str:
@@ -204,8 +229,11 @@ def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, comma
     families = tb.group_families(runs)
     for fam, members in families.items():
         t, figs = fam_tables[fam], fam_figures[fam]
+        warning = uniform_warning(members)
         lines += [f"## {members[0].family_title}", "",
                   "### Quality, entropy and measured private-inference cost", "", tb.to_markdown(t["main"]), "",
+                  *([warning, ""] if warning else []),
+                  "### Has attention been learned?", "", tb.to_markdown(t["attention"]), "",
                   "### Predicted private-inference cost (cost model)", "", tb.to_markdown(t["predicted"]), "",
                   "### Share of bytes and WAN latency per operator (measured)", "",
                   _share_markdown(t["operators"], "secure"), "",
@@ -267,6 +295,9 @@ def write_outputs(runs: list, out: Path, opts, command: str, show: bool = True) 
                 cross = fam_tables[fam]["cross-engine"]
                 wide.print(tb.to_rich(cross, f"Cross-engine: {members[0].family_title}",
                                       tb.cross_engine_headers(cross.columns)))
+            warning = uniform_warning(members)
+            if warning:
+                wide.print(warning.replace("**", ""), highlight=False, soft_wrap=True)
     write_csv(out / "report.csv", run_rows(families, fam_tables))
     write_text(out / "report.md", render_markdown(runs, fam_tables, fam_figures, opts, command, out))
     summary = {

@@ -10,6 +10,11 @@ Definitions (the paper's form):
 * "PPL vs SM+LN+G (%)" = 100 * (PPL / PPL of the SM+LN+G run of the same family - 1);
 * "overload (% heads)" = share of heads in the top entropy band [3/4 Emax, Emax], Emax being the
   model's own largest head entropy (the paper's definition);
+* "entropy Emin/Emax" = smallest / largest head entropy of the model: the spread that goes with
+  the overload fraction (near 1: every head at the same entropy, so every head is "overloaded");
+* "uniform heads (%)" = share of heads whose entropy is within the learned-attention check's margin
+  of the causal maximum (`pi_lnfree.attention_check`: >= 98% of uniform causal attention's entropy);
+  at 50% or more, the configuration comparison and the overload fraction are not meaningful yet;
 * "mean entropy (% of max)" = mean headwise entropy over all heads, as a share of the largest
   possible (uniform causal attention): comparable across models, unlike the Emax-relative bands;
 * "savings (x)" = baseline cost / this configuration's cost (bytes, LAN or WAN seconds), with
@@ -35,6 +40,8 @@ CONFIG = "configuration"
 PPL = "eval PPL"
 PPL_VS = f"PPL vs {BASELINE} (%)"
 OVERLOAD = "overload (% heads)"
+SPREAD = "entropy Emin/Emax"
+UNIFORM = "uniform heads (%)"
 ENTROPY = "mean entropy (% of max)"
 GB = "comm (GB)"
 ROUNDS = "rounds"
@@ -44,11 +51,15 @@ SAVE_GB = "comm savings (x)"
 SAVE_LAN = "LAN savings (x)"
 SAVE_WAN = "WAN savings (x)"
 COST_COLUMNS = (GB, ROUNDS, LAN, WAN, SAVE_GB, SAVE_LAN, SAVE_WAN)
-MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, ENTROPY, *COST_COLUMNS)
+MAIN_COLUMNS = (CONFIG, PPL, PPL_VS, OVERLOAD, SPREAD, UNIFORM, ENTROPY, *COST_COLUMNS)
+VERDICT = "attention"
+ATTENTION_COLUMNS = (CONFIG, UNIFORM, "uniform heads per layer (%)", "Emin (nats)", "Emax (nats)", SPREAD,
+                     "std (nats)", VERDICT)
 
 # Markdown / terminal formats per column (CSV keeps full precision).
 FORMATS: dict[str, str] = {
-    PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", ENTROPY: "{:.1f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
+    PPL: "{:.3f}", PPL_VS: "{:+.2f}", OVERLOAD: "{:.1f}", SPREAD: "{:.3f}", UNIFORM: "{:.1f}", ENTROPY: "{:.1f}",
+    "Emin (nats)": "{:.3f}", "Emax (nats)": "{:.3f}", "std (nats)": "{:.3f}", GB: "{:.4g}", ROUNDS: "{:,.0f}",
     LAN: "{:.3g}", WAN: "{:.3g}", "local (s)": "{:.3g}", SAVE_GB: "{:.2f}x", SAVE_LAN: "{:.2f}x", SAVE_WAN: "{:.2f}x",
     "bytes (%)": "{:.1f}", "WAN (%)": "{:.1f}", "bytes": "{:,.0f}", "WAN seconds": "{:.3g}",
     "top-1 agreement": "{:.3f}", "max |logit error|": "{:.3g}", "mean |logit error|": "{:.3g}",
@@ -57,7 +68,8 @@ FORMATS: dict[str, str] = {
 NA = "n/a"
 # Compact headers for the terminal (rich); files keep the full names.
 SHORT_NAMES = {
-    CONFIG: "config", PPL: "PPL", PPL_VS: "PPL vs base %", OVERLOAD: "overload %", ENTROPY: "H % max", GB: "GB",
+    CONFIG: "config", PPL: "PPL", PPL_VS: "PPL vs base %", OVERLOAD: "overload %", SPREAD: "Emin/Emax",
+    UNIFORM: "uniform %", ENTROPY: "H % max", GB: "GB",
     LAN: "LAN s", WAN: "WAN s", SAVE_GB: "GB x", SAVE_LAN: "LAN x", SAVE_WAN: "WAN x",
 }
 
@@ -95,6 +107,16 @@ def cost_summary(result: dict[str, Any] | None) -> dict[str, float | None]:
 
 def _get(d: dict[str, Any] | None, key: str) -> Any:
     return None if d is None else d.get(key)
+
+
+def attention_of(run) -> dict[str, Any] | None:
+    """The learned-attention check stored in a run's entropy result (None when absent)."""
+    return _get(run.pieces.get("entropy"), "attention")
+
+
+def mostly_uniform(runs: Sequence) -> list:
+    """The runs whose attention check says their heads are mostly uniform."""
+    return [r for r in runs if (attention_of(r) or {}).get("learned") is False]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,11 +180,14 @@ def main_table(runs: Sequence, piece: str = "secure") -> pd.DataFrame:
         ppl = _get(run.pieces.get("eval"), "ppl")
         overload = _get(run.pieces.get("entropy"), "overload_fraction")
         relative = _get(run.pieces.get("entropy"), "entropy_relative")
+        check = attention_of(run)
         rows.append({
             CONFIG: name,
             PPL: ppl,
             PPL_VS: percent_vs(base_ppl, ppl),
             OVERLOAD: None if overload is None else 100.0 * overload,
+            SPREAD: _get(check, "min_over_max"),
+            UNIFORM: None if check is None else 100.0 * check["uniform_share"],
             ENTROPY: None if relative is None else 100.0 * float(np.mean(relative)),
             **_cost_columns(run, base, piece),
         })
@@ -207,6 +232,24 @@ def cross_engine_table(runs: Sequence, profiles: Sequence[tuple[str, str]]) -> p
         rows.append(row)
     cols = [CONFIG, *(c for profile, _ in profiles for c in cross_engine_columns(profile))]
     return pd.DataFrame(rows, columns=cols)
+def attention_table(runs: Sequence) -> pd.DataFrame:
+    """Per configuration, the learned-attention check: uniform heads overall and per layer, the
+    heads' entropy spread and the verdict (rows with no entropy result are n/a)."""
+    rows = []
+    for name, run in zip(configuration_names(runs), runs, strict=True):
+        c = attention_of(run)
+        per_layer = None if c is None else " / ".join(f"{100.0 * s:.0f}" for s in c["uniform_share_per_layer"])
+        rows.append({
+            CONFIG: name,
+            UNIFORM: None if c is None else 100.0 * c["uniform_share"],
+            "uniform heads per layer (%)": per_layer,
+            "Emin (nats)": _get(c, "entropy_min"),
+            "Emax (nats)": _get(c, "entropy_max"),
+            SPREAD: _get(c, "min_over_max"),
+            "std (nats)": _get(c, "entropy_std"),
+            VERDICT: _get(c, "verdict"),
+        })
+    return pd.DataFrame(rows, columns=list(ATTENTION_COLUMNS))
 
 
 def cost_table(runs: Sequence, piece: str = "cost") -> pd.DataFrame:
@@ -360,7 +403,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    align = ["---" if c in (CONFIG, "category", "protocol", "source", "phase") else "--:" for c in cols]
+    align = ["---" if c in (CONFIG, "category", "protocol", "source", "phase", VERDICT) else "--:" for c in cols]
     lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -382,23 +425,44 @@ def to_rich(df: pd.DataFrame, title: str, headers: Sequence[str] | None = None):
 
 def entropy_table(result: dict[str, Any]):
     """A rich Table of a `diagnostics.entropy_checkpoint` result, one row per layer: mean, min
-    and max headwise entropy and the share of heads in each band of Emax (`pi-lnfree entropy`)."""
+    and max headwise entropy, the share of heads in each band of Emax and the share of uniform
+    heads (entropy within the learned-attention check's margin of the causal maximum)
+    (`pi-lnfree entropy`)."""
     from rich.table import Table
 
     bands = list(result["bands"])  # the band names, lowest first
+    check = result["attention"]
     table = Table(title=f"headwise entropy (nats), {result.get('label', '')}: Emax {result['emax']:.3f}, "
-                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax")
+                  f"max possible {result['max_entropy']:.3f}; share of heads per band of Emax; uniform: "
+                  f">= {check['uniform_fraction']:.0%} of the max possible")
     table.add_column("layer", justify="right")
     for name in ("mean", "min", "max"):
         table.add_column(name, justify="right")
     for key in bands:
         table.add_column(f"{key}%", justify="right")
-    for i, (row, shares) in enumerate(zip(result["entropy"], result["bands_per_layer"], strict=True)):
+    table.add_column("uniform%", justify="right")
+    rows = zip(result["entropy"], result["bands_per_layer"], check["uniform_share_per_layer"], strict=True)
+    for i, (row, shares, uniform) in enumerate(rows):
         stats = [f"{f(row):.3f}" for f in (np.mean, np.min, np.max)]
-        table.add_row(str(i), *stats, *(f"{shares[k]:.0%}" for k in bands))
+        table.add_row(str(i), *stats, *(f"{shares[k]:.0%}" for k in bands), f"{uniform:.0%}")
     table.add_row("all", f"{np.mean(result['entropy']):.3f}", f"{np.min(result['entropy']):.3f}",
-                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in bands), end_section=True)
+                  f"{result['emax']:.3f}", *(f"{result['bands'][k]:.0%}" for k in bands),
+                  f"{check['uniform_share']:.0%}", end_section=True)
     return table
+
+
+def entropy_summary_lines(result: dict[str, Any]) -> list[str]:
+    """The lines printed under the entropy table: overload with the heads' spread, and the
+    learned-attention verdict (with the budget needed when attention is still uniform)."""
+    from pi_lnfree.attention_check import summary_line
+
+    check = result["attention"]
+    lines = [f"overload fraction (top band): {result['overload_fraction']:.1%} of heads; entropy spread "
+             f"Emin/Emax {check['min_over_max']:.3f}, std {check['entropy_std']:.3f} nats",
+             summary_line(check)]
+    if not check["learned"]:
+        lines.append(f"not meaningful yet: {check['advice']}")
+    return lines
 
 
 def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from pi_lnfree.attention_check import attention_check
 from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.cli import main
 from pi_lnfree.config import make_config
@@ -307,6 +308,10 @@ def test_cli_eval_and_entropy_json_and_heatmap(ckpt, folder, data_dir, tmp_path,
                         "variant", "label", "max_entropy", "entropy_relative"}
     assert list(ent["bands"]) == ["0-25", "25-50", "50-75", "75-100"] and ent["sequences"] == 8
     assert np.asarray(ent["entropy"]).shape == (2, 4) and "overload fraction" in err
+    check = ent["attention"]  # the learned-attention check of the same matrix, printed with the table
+    assert check == json.loads(json.dumps(attention_check(ent["entropy"], folder.seq_len)))
+    assert f"{check['uniform_heads']}/8 heads uniform" in " ".join(err.split()) and "Emin/Emax" in err
+    assert ("not meaningful yet" in err) == (not check["learned"])
     w, h = _png_size(png)
     assert w > 400 and h > 300
 

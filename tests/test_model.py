@@ -127,12 +127,43 @@ def test_param_groups_exclude_biases_gains_slopes():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_init_std_and_scaled_residual():
-    cfg = make_config("cpu-small", "sm-ln-g", vocab_size=512)
+@pytest.mark.parametrize("residual_init, rule", [
+    ("scaled", 0.02 / math.sqrt(2 * 4)),  # GPT-2: init_std / sqrt(2 x n_layer), the default
+    ("plain", 0.02),
+])
+def test_residual_projection_init_follows_the_rule(residual_init, rule):
+    cfg = make_config("cpu-small", "sm-r", vocab_size=512, residual_init=residual_init)
     torch.manual_seed(0)
     model = GPT(cfg)
-    assert abs(model.blocks[0].attn.c_attn.weight.std().item() - 0.02) < 0.001
-    assert abs(model.blocks[0].mlp.c_proj.weight.std().item() - 0.02 / math.sqrt(8)) < 0.0005
+    proj = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")])
+    other = torch.cat([b.attn.c_attn.weight.detach().flatten() for b in model.blocks])
+    # The sample std of N normal draws has a relative standard error of 1/sqrt(2N); allow 5 of them.
+    for w, want in ((proj, rule), (other, 0.02)):
+        tol = 5 / math.sqrt(2 * w.numel())
+        assert abs(w.std().item() / want - 1) < tol, (residual_init, w.numel())
+    assert proj.numel() == 4 * (128 * 128 + 512 * 128)  # attention and MLP c_proj of every layer
+    assert abs(proj.mean().item()) < 5 * rule / math.sqrt(proj.numel())
+
+
+def test_residual_init_default_switch_and_old_checkpoints(tmp_path):
+    from pi_lnfree.checkpoint import load_model, save_checkpoint
+
+    assert ModelConfig().residual_init == "scaled"
+    plain = make_config("tiny", "sm-g", vocab_size=V, residual_init="plain")
+    assert variant_label(plain) == "SM+G (plain init)" and variant_name(plain) == "sm-g"
+    both = make_config("tiny", "sm-r", vocab_size=V, residual_init="plain", final_norm=False)
+    assert variant_label(both) == "SM+R (no final LN, plain init)"
+    with pytest.raises(UserError, match="residual_init must be one of"):
+        make_config("tiny", "sm-g", vocab_size=V, residual_init="xavier")
+    # A checkpoint written before the switch existed has no residual_init: it loads as "scaled".
+    model = GPT(make_config("tiny", "sm-g", vocab_size=V))
+    old = model.config.to_dict()
+    del old["residual_init"]
+    save_checkpoint(tmp_path / "old.pt", model.state_dict(), old)
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert loaded.config.residual_init == "scaled" and variant_label(loaded.config) == "SM+G"
+    idx = torch.randint(0, V, (1, 8))
+    assert torch.equal(loaded(idx), model(idx))
 
 
 def test_names_labels_and_bad_configs():
