@@ -63,7 +63,6 @@ cpu() {
   done
   $PI report runs/cpu/sm-ln-g runs/cpu/sm-ln-r runs/cpu/sm-g runs/cpu/sm-r --out reports/cpu-matrix \
     --protocol "$PROTOCOL" --secure-seq-len 64 --samples 1
-  cp reports/cpu-matrix/report.csv benchmarks/results/cpu_matrix.csv
 }
 
 gpu_data() {
