@@ -47,7 +47,14 @@ import torch
 from pi_lnfree.errors import UserError
 from pi_lnfree.secure import crypten_compat, dealer
 from pi_lnfree.secure.material import Material, PhaseError
-from pi_lnfree.secure.tuples import PROVIDER_FUNCTIONS, Request, Trace, request_key, swapped_generators
+from pi_lnfree.secure.tuples import (
+    PROVIDER_FUNCTIONS,
+    ProviderFunctions,
+    Request,
+    Trace,
+    request_key,
+    swapped_generators,
+)
 
 DEFAULT_BUDGET_BYTES = 4 * 1024**3  # offline material a party keeps in memory; beyond: spool file
 _BINARY_OUTPUTS = {"generate_binary_triple": (0, 1, 2), "B2A_rng": (1,)}
@@ -73,7 +80,7 @@ def _plain(share) -> torch.Tensor:
     return share if torch.is_tensor(share) else share._tensor
 
 
-class PhasedProvider:
+class PhasedProvider(ProviderFunctions):
     """Stands in for CrypTen's tuple provider of this party (`install`).
 
     Outside an online phase it calls CrypTen's provider (TFP: with its own generators, see the
@@ -107,21 +114,6 @@ class PhasedProvider:
                     s = dealer.derived_seed(seed, "tfp", *label.get(key, ("global",)))
                 self.tuple_generators[key][device] = torch.Generator(device=device).manual_seed(s)
 
-    # the five provider functions CrypTen calls
-    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-        return self._serve("generate_additive_triple", (size0, size1, op, *args), kwargs, device)
-
-    def square(self, size, device=None):
-        return self._serve("square", (size,), {}, device)
-
-    def generate_binary_triple(self, size0, size1, device=None):
-        return self._serve("generate_binary_triple", (size0, size1), {}, device)
-
-    def wrap_rng(self, size, device=None):
-        return self._serve("wrap_rng", (size,), {}, device)
-
-    def B2A_rng(self, size, device=None):
-        return self._serve("B2A_rng", (size,), {}, device)
 
     def make(self, kind: str, args: tuple, kwargs: dict, device) -> tuple:
         """One tuple from CrypTen's provider (TFP: under its own generators)."""
@@ -136,7 +128,7 @@ class PhasedProvider:
         with swapped_generators(self.tuple_generators):
             return call()
 
-    def _serve(self, kind: str, args: tuple, kwargs: dict, device):
+    def _provide(self, kind: str, args: tuple, kwargs: dict, device):
         if self.expected is None:
             return self.make(kind, args, kwargs, device)
         request = self._next_expected(request_key(kind, args, kwargs))

@@ -235,14 +235,37 @@ def _null_communicator(rank: int):
     return NullCommunicator()
 
 
-class _TraceProvider:
+class ProviderFunctions:
+    """The five functions CrypTen asks its tuple provider for, each forwarded as
+    `self._provide(kind, args, kwargs, device)` (kind: the function's name)."""
+
+    def _provide(self, kind: str, args: tuple, kwargs: dict, device):  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
+        return self._provide("generate_additive_triple", (size0, size1, op, *args), kwargs, device)
+
+    def square(self, size, device=None):
+        return self._provide("square", (size,), {}, device)
+
+    def generate_binary_triple(self, size0, size1, device=None):
+        return self._provide("generate_binary_triple", (size0, size1), {}, device)
+
+    def wrap_rng(self, size, device=None):
+        return self._provide("wrap_rng", (size,), {}, device)
+
+    def B2A_rng(self, size, device=None):
+        return self._provide("B2A_rng", (size,), {}, device)
+
+
+class _TraceProvider(ProviderFunctions):
     """Records each request and returns a data-less tuple of the right shapes."""
 
     def __init__(self, meter_of: Callable[[], Meter | None]):
         self.requests: list[Request] = []
         self._meter_of = meter_of
 
-    def _record(self, kind: str, args: tuple, kwargs: dict, device):
+    def _provide(self, kind: str, args: tuple, kwargs: dict, device):
         from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
 
         key = request_key(kind, args, kwargs)
@@ -254,20 +277,6 @@ class _TraceProvider:
         return tuple(BinarySharedTensor.from_shares(t) if i in binary else ArithmeticSharedTensor.from_shares(t, precision=0)
                      for i, t in enumerate(shares))
 
-    def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
-        return self._record("generate_additive_triple", (size0, size1, op, *args), kwargs, device)
-
-    def square(self, size, device=None):
-        return self._record("square", (size,), {}, device)
-
-    def generate_binary_triple(self, size0, size1, device=None):
-        return self._record("generate_binary_triple", (size0, size1), {}, device)
-
-    def wrap_rng(self, size, device=None):
-        return self._record("wrap_rng", (size,), {}, device)
-
-    def B2A_rng(self, size, device=None):
-        return self._record("B2A_rng", (size,), {}, device)
 
 
 @contextmanager
@@ -326,6 +335,7 @@ __all__ = [
     "BYTES_PER_ELEMENT",
     "META",
     "PROVIDER_FUNCTIONS",
+    "ProviderFunctions",
     "Request",
     "Trace",
     "output_shapes",
