@@ -310,6 +310,8 @@ def operator_cost_bars(
         for j in keep:
             ax.bar(x, values[:, j], 0.6, bottom=bottom, color=cmap(j % 10), label=categories[j])
             bottom += values[:, j]
+        if bottom.max() > 0:
+            ax.set_ylim(0, 1.05 * bottom.max())  # room above the tallest stack
         ax.set_xticks(x, list(configs), rotation=20 if len(configs) > 4 else 0, ha="right" if len(configs) > 4 else "center")
         ax.set_xlabel("configuration")
         ax.set_ylabel(ylabel)
