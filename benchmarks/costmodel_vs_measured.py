@@ -5,7 +5,7 @@
 
 1. Measures one block of GPT-2-small shape (d=768, 12 heads, T=128) for SM+LN+G and SM+R under two
    real local CrypTen parties (one launch) and compares each operator's bytes, rounds and seconds
-   with the cost model's prediction (`costmodel.trace_block` + the profile's calibration).
+   with the cost model's prediction (`costmodel.trace(cfg, T, layer=0)` + the profile's calibration).
 2. Predicts full models (GPT-2-small and Pythia-70M, vocabulary 52,000 as the paper's CodeParrot
    tokenizer, T=128 and T=256) for SM+LN+G, SM+LN+R, SM+G, SM+R: bytes, rounds, LAN and WAN latency.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pi_lnfree.config import make_config, variant_label
 from pi_lnfree.secure.calibrate import measure
-from pi_lnfree.secure.costmodel import load_calibration, predict, predicted_state, trace_block
+from pi_lnfree.secure.costmodel import load_calibration, predict, predicted_state, trace
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_profile
 
@@ -33,7 +33,7 @@ def block_comparison(profile_path: str, skip_measure: bool) -> list[str]:
     profile = load_profile(profile_path)
     cal = load_calibration(profile)
     cfgs = {v: make_config("gpt2-small", v, vocab_size=64, n_layer=1) for v in BLOCK_VARIANTS}
-    preds = {v: predicted_state(trace_block(cfg, 128, 0), cal) for v, cfg in cfgs.items()}
+    preds = {v: predicted_state(trace(cfg, 128, layer=0), cal) for v, cfg in cfgs.items()}
     meas: dict[str, dict] = {}
     wall = None
     if not skip_measure:

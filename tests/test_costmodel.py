@@ -25,7 +25,7 @@ from pi_lnfree.secure.costmodel import (
     load_calibration,
     max_schedule,
     predicted_state,
-    trace_forward,
+    trace,
 )
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_networks, load_profile
@@ -84,7 +84,7 @@ def test_predictions_equal_real_secure_runs(measured_run):
     _, cal, cases, states = measured_run
     for (name, cfg, T), meas in zip(cases, states, strict=True):
         assert meas["span"]["rounds"] > 0 and meas["span"]["bytes"] > 0
-        assert_prediction_matches(predicted_state(trace_forward(cfg, T), cal), meas, f"{name} T={T}")
+        assert_prediction_matches(predicted_state(trace(cfg, T), cal), meas, f"{name} T={T}")
 
 
 def test_committed_calibration_is_current(measured_run):
@@ -93,7 +93,7 @@ def test_committed_calibration_is_current(measured_run):
     committed = load_calibration(profile)
     for (name, cfg, T), meas in zip(cases, states, strict=True):
         label = f"{name} T={T}: {costmodel.calibration_path(TFP).name} is stale, rerun pi-lnfree cost --calibrate"
-        assert_prediction_matches(predicted_state(trace_forward(cfg, T), committed), meas, label)
+        assert_prediction_matches(predicted_state(trace(cfg, T), committed), meas, label)
 
 
 def test_fitted_unit_costs_match_the_protocol(measured_run):

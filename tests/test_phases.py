@@ -14,7 +14,8 @@ import torch
 from pi_lnfree.checkpoint import save_checkpoint
 from pi_lnfree.config import make_config
 from pi_lnfree.model import GPT
-from pi_lnfree.secure.costmodel import load_calibration, predicted_state, trace_forward
+from pi_lnfree.secure import costmodel
+from pi_lnfree.secure.costmodel import load_calibration, predicted_state
 from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.phases import Material, PhasedProvider, PhaseError, dealer_guard
 from pi_lnfree.secure.profile import load_profile
@@ -80,7 +81,7 @@ def test_ttp_two_phases_bit_identical_and_dealer_untouched_online(tmp_path, monk
     assert dealer["served"] == {"messages": n + 3, "requests": 2 * n, "bytes": 2 * trace["dealer_bytes"]}
     # the cost model's prediction of both phases from the committed calibration
     profile = load_profile(TTP)
-    pred = predicted_state(trace_forward(make_config("tiny", "sm-ln-g", vocab_size=64, n_layer=1), T),
+    pred = predicted_state(costmodel.trace(make_config("tiny", "sm-ln-g", vocab_size=64, n_layer=1), T),
                            load_calibration(profile), profile.provider)
     assert pred["offline"]["rounds"] == 1 and pred["offline"]["requests"] == n
     assert abs(pred["offline"]["bytes"] - off["dealer_bytes"]) <= 0.01 * off["dealer_bytes"]

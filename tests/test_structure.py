@@ -11,7 +11,7 @@ from pi_lnfree.config import make_config
 from pi_lnfree.model import GPT
 from pi_lnfree.secure.backends.recorder import RecorderOps
 from pi_lnfree.secure.backends.torch64 import Torch64Ops
-from pi_lnfree.secure.costmodel import trace, trace_block
+from pi_lnfree.secure.costmodel import trace
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_profile
 from pi_lnfree.secure.structure import Decoder, check_supported, load_weights
@@ -78,10 +78,10 @@ def test_recorded_dims_follow_the_shapes():
     assert by_kind["lm_head"] == {"T": 128, "d": 768, "V": 50257}
     assert by_kind["softmax"] == {"H": 12, "T": 128}
     assert by_kind["attention_scores"] == {"H": 12, "T": 128, "hd": 64}
-    linears = sorted((c.d["i"], c.d["o"]) for c in trace_block(cfg, 128, 0) if c.kind == "linear")
+    linears = sorted((c.d["i"], c.d["o"]) for c in trace(cfg, 128, layer=0) if c.kind == "linear")
     assert linears == [(768, 768), (768, 2304), (768, 3072), (3072, 768)]
     # n of the residual adds: (terms - 1) x elements
-    assert [c.d["n"] for c in trace_block(cfg, 128, 0) if c.kind == "other"] == [3 * 128 * 768, 128 * 768,
+    assert [c.d["n"] for c in trace(cfg, 128, layer=0) if c.kind == "other"] == [3 * 128 * 768, 128 * 768,
                                                                                 128 * 768, 128 * 768]
 
 

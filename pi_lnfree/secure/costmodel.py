@@ -83,16 +83,6 @@ def trace(cfg: ModelConfig, T: int, layer: int | None = None) -> list[Call]:
     return ops.calls
 
 
-def trace_forward(cfg: ModelConfig, T: int) -> list[Call]:
-    """The primitive calls of one secure forward on one sequence of T tokens (batch 1)."""
-    return trace(cfg, T)
-
-
-def trace_block(cfg: ModelConfig, T: int, layer: int) -> list[Call]:
-    """The primitive calls of block `layer` on a sequence of T tokens."""
-    return trace(cfg, T, layer)
-
-
 # ---------------------------------------------------------------------------------------------
 # shape features
 
@@ -467,6 +457,4 @@ __all__ = [
     "profile_knobs",
     "resolve_config",
     "trace",
-    "trace_block",
-    "trace_forward",
 ]
