@@ -172,6 +172,7 @@ def _gelu_like_range(name: str, approx: Array, exact: Array, x: Array, source: s
     return ValidRange(name, low, high, "1e-2 x max(1, |x|)", source)
 
 
+@functools.cache
 def activation_range(profile: ProtocolProfile, activation: str) -> ValidRange | None:
     """The valid range of one FFN activation under `profile`, or None when it has no input limit
     (ReLU and leaky ReLU are exact; the Taylor-erf GELU switches to ReLU beyond its clip)."""
@@ -189,6 +190,7 @@ def activation_range(profile: ProtocolProfile, activation: str) -> ValidRange | 
     return None
 
 
+@functools.cache
 def tanh_range(profile: ProtocolProfile) -> ValidRange:
     """Valid inputs of CrypTen's tanh (Dynamic Tanh's alpha x) under `profile`."""
     x = torch.linspace(-4096.0, 4096.0, 102_401, dtype=torch.float64)
@@ -198,6 +200,7 @@ def tanh_range(profile: ProtocolProfile) -> ValidRange:
                       f"tanh(u) = 2 sigmoid(2u) - 1 with CrypTen's exp, exp_iterations={profile.exp_iterations}")
 
 
+@functools.cache
 def layernorm_range(profile: ProtocolProfile) -> ValidRange:
     """Valid variances (+ eps) of the profile's LayerNorm inverse square root."""
     if profile.layernorm_inv_sqrt == "ranged":
