@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The paper's comparison at CPU scale, at a budget where LN-free models have learned attention.
 #
-#   benchmarks/cpu_matrix.sh train    # every run below, in priority order (resumable: a finished run
-#                                     # is skipped, an interrupted one continues from its ckpt.pt)
-#   benchmarks/cpu_matrix.sh report   # the reports over whatever has finished
-#   benchmarks/cpu_matrix.sh all      # train, then report
+#   benchmarks/cpu_matrix.sh train [NAME...]  # the runs below (all, or the named ones), in the
+#                                             # order listed (resumable: a finished run is skipped,
+#                                             # an interrupted one continues from its ckpt.pt)
+#   benchmarks/cpu_matrix.sh report           # the reports over whatever has finished
+#   benchmarks/cpu_matrix.sh all              # train, then report
 #
 # Runs (training/cpu.toml, cpu-small: 4 layers x 4 heads, d=128, T=128, batch 32, AdamW 1e-3,
 # 5% warmup, linear decay; STEPS steps each), most important first:
 #   sm-g sm-r sm-ln-g sm-ln-r                 the paper's four configurations, seed 1337
+#   sm-r-entreg sm-dyt-r sm-r-distilled       beyond the paper (benchmarks/beyond_matrix.sh): SM+R
+#                                             with entropy regularization, DyT in place of the
+#                                             norms, and SM+R distilled from sm-ln-g
 #   sm-g-seed2 sm-r-seed2                     a second seed (1338): the seed spread of the LN-free gap
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
 #   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared)
@@ -19,7 +23,8 @@
 # data/stdlib-4096, prepared on first use), STEPS (default 2000), WIDE_STEPS (default STEPS),
 # THREADS (torch threads per run, default 2), PROTOCOL (default protocols/crypten-2pc-ttp.toml),
 # SECURE_T (measured secure-eval length for the four paper runs' cost report, default 64; 0 skips),
-# REPORT (default OUT/report). Each run's `pi-lnfree train --json` summary goes to
+# REPORT (default OUT/report), HOLD (default OUT/hold: while this file exists, the next run waits
+# to start, so that timed benchmarks can have a quiet machine between runs). Each run's `pi-lnfree train --json` summary goes to
 # OUT/NAME/train.json and its wall time to OUT/walltimes.tsv. Reports: REPORT (all finished runs,
 # cost model at T=128) and REPORT-secure (the four paper runs, measured and predicted cost at SECURE_T).
 set -euo pipefail
@@ -34,6 +39,7 @@ THREADS=${THREADS:-2}
 PROTOCOL=${PROTOCOL:-protocols/crypten-2pc-ttp.toml}
 SECURE_T=${SECURE_T:-64}
 REPORT=${REPORT:-$OUT/report}
+HOLD=${HOLD:-$OUT/hold}
 
 # name | extra --set items (space separated)
 RUNS=(
@@ -41,6 +47,9 @@ RUNS=(
   "sm-r|model.variant=sm-r"
   "sm-ln-g|model.variant=sm-ln-g"
   "sm-ln-r|model.variant=sm-ln-r"
+  "sm-r-entreg|model.variant=sm-r train.entropy_reg=4e-5"
+  "sm-dyt-r|model.variant=sm-dyt-r"
+  "sm-r-distilled|model.variant=sm-r train.distill_from=\"$OUT/sm-ln-g\" train.distill_temperature=2.0 train.distill_weight=0.5"
   "sm-g-seed2|model.variant=sm-g train.seed=1338"
   "sm-r-seed2|model.variant=sm-r train.seed=1338"
   "sm-g-plain|model.variant=sm-g model.residual_init=\"plain\""
@@ -53,11 +62,13 @@ RUNS=(
 )
 PAPER=(sm-ln-g sm-ln-r sm-g sm-r)
 
-train_all() {
+train_all() {  # optional run names restrict the runs
   mkdir -p "$OUT"
   for spec in "${RUNS[@]}"; do
     local name=${spec%%|*} extra=${spec#*|} dir="$OUT/${spec%%|*}"
+    if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
     if [ -f "$dir/train.json" ]; then echo "== $name: finished, skipped"; continue; fi
+    while [ -e "$HOLD" ]; do sleep 10; done
     local sets=(--set data.dir="$DATA" --set train.max_steps="$STEPS" --set train.threads="$THREADS"
                 --set train.eval_interval=100 --set train.entropy_interval=50 --set train.progress=false)
     for s in $extra; do sets+=(--set "$s"); done
@@ -93,7 +104,7 @@ report_all() {
 }
 
 case "${1:-}" in
-  train) train_all ;;
+  train) shift; train_all "$@" ;;
   report) report_all ;;
   all) train_all; report_all ;;
   *) sed -n '2,24p' "$0"; exit 2 ;;

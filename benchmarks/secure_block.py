@@ -32,8 +32,9 @@ from pi_lnfree.secure.evaluate import secure_eval  # noqa: E402
 from pi_lnfree.secure.meter import CATEGORIES  # noqa: E402
 
 
-def make_block_checkpoint(variant: str, vocab: int, path: Path) -> None:
-    cfg = make_config("gpt2-small", variant, vocab_size=vocab, n_layer=1)
+def make_block_checkpoint(variant: str, vocab: int, path: Path, n_layer: int = 1) -> None:
+    """A `gpt2-small`-shaped checkpoint of `n_layer` layers with random weights (seed 0)."""
+    cfg = make_config("gpt2-small", variant, vocab_size=vocab, n_layer=n_layer)
     torch.manual_seed(0)
     model = GPT(cfg)
     with torch.no_grad():
