@@ -11,8 +11,8 @@
 # 5% warmup, linear decay; STEPS steps each), most important first:
 #   sm-g sm-r sm-ln-g sm-ln-r                 the paper's four configurations, seed 1337
 #   sm-r-entreg sm-dyt-r sm-r-distilled       beyond the paper (benchmarks/beyond_matrix.sh): SM+R
-#                                             with entropy regularization, DyT in place of the
-#                                             norms, and SM+R distilled from sm-ln-g
+#   sm-r-entreg-weak                          with entropy regularization (lambda 4e-5, and 4e-6),
+#                                             DyT in place of the norms, SM+R distilled from sm-ln-g
 #   sm-g-seed2 sm-r-seed2                     a second seed (1338): the seed spread of the LN-free gap
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
 #   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared)
@@ -50,6 +50,7 @@ RUNS=(
   "sm-r-entreg|model.variant=sm-r train.entropy_reg=4e-5"
   "sm-dyt-r|model.variant=sm-dyt-r"
   "sm-r-distilled|model.variant=sm-r train.distill_from=\"$OUT/sm-ln-g\" train.distill_temperature=2.0 train.distill_weight=0.5"
+  "sm-r-entreg-weak|model.variant=sm-r train.entropy_reg=4e-6"
   "sm-g-seed2|model.variant=sm-g train.seed=1338"
   "sm-r-seed2|model.variant=sm-r train.seed=1338"
   "sm-g-plain|model.variant=sm-g model.residual_init=\"plain\""

@@ -7,7 +7,9 @@ that are measured with real SPU parties (`secure_eval` with an SPU profile):
 
 * `measure --protocol P`: for each variant, a one-layer GPT-2-small-shaped checkpoint (random
   weights, `secure_block.make_block_checkpoint`) with a different vocabulary per variant
-  (`--probe-vocabs`, default 512, 2048, 4096, 8192). Each run gives that variant's block (linear,
+  (`--probe-vocabs`, default 512, 2048, 4096, 8192; under CHEETAH each party of a one-layer run
+  needs about 10 GB at V=512 and 12 GB at V=2,048, so on a 24 GB machine with nothing else
+  running its probes stop at 2,048: `--probe-vocabs 512,2048,1024,768`). Each run gives that variant's block (linear,
   attention, softmax, activation, the block's norms) and, because the four vocabularies differ, a
   point on the line bytes(V) of the embedding (client's one-hot tokens x server's table) and of
   the LM head, which do not depend on the variant.
@@ -141,6 +143,7 @@ def assemble(block: dict, lines: dict, variant: str) -> dict:
 
 
 def totals(ops: dict) -> dict:
+    """Bytes, rounds and seconds summed over the categories."""
     return {f: sum(ops[c][f] for c in CATEGORIES) for f in FIELDS}
 
 
@@ -167,16 +170,19 @@ def report(args) -> None:
         "",
         "**Assembled**: embedding(52,000) + 12 x the variant's measured block + its norm sites + LM head(52,000), "
         "from one-layer runs under real SPU parties; the embedding and LM head come from a line in V through "
-        "four one-layer probes (V = "
-        + ", ".join(sorted({str(r['run']['vocab']) for r in runs if r['run']['n_layer'] == 1}, key=int))
+        "four one-layer probes ("
+        + "; ".join(f"{p}: V = " + ", ".join(str(v) for v in sorted({r['run']['vocab'] for r in runs
+                                                                    if r['run']['protocol'] == p and r['run']['n_layer'] == 1}))
+                    for p in sorted({r['run']['protocol'] for r in runs}))
         + "). **Measured**: the whole 12-layer model run directly. Reproduce: `benchmarks/spu_gpt2.py measure "
         "--protocol spu-semi2k`, `... --protocol spu-semi2k --full --variants sm-ln-g,sm-r`, `... --protocol "
-        "spu-cheetah`, then `benchmarks/spu_gpt2.py report`.",
+        "spu-cheetah --probe-vocabs 512,2048,1024,768`, then `benchmarks/spu_gpt2.py report`.",
     ]
-    table = ["", "| engine / protocol | configuration | how | GB | rounds | local s | WAN s | GB saving vs SM+LN+G "
-             "| WAN saving |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    cats = ["", "GB per operator category (assembled):", "",
-            "| protocol | configuration | " + " | ".join(CATEGORIES) + " |", "|---|---|" + "---:|" * len(CATEGORIES)]
+    table = ["", "| engine / protocol | configuration | how | GB | GB without embedding and LM head | rounds | local s "
+             "| WAN s | GB saving vs SM+LN+G | saving without embedding and LM head | WAN saving |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    cats = ["", "GB per operator category:", "",
+            "| protocol | configuration | how | " + " | ".join(CATEGORIES) + " |", "|---|---|---|" + "---:|" * len(CATEGORIES)]
     fits = ["", "Vocabulary lines (bytes = a + b V through the probes) and their largest relative residual:", "",
             "| protocol | category | a (MB) | b (KB per vocabulary entry) | max residual | at V=52,000 (GB) |",
             "|---|---|---:|---:|---:|---:|"]
@@ -190,43 +196,47 @@ def report(args) -> None:
             ln = lines[(c, "bytes")]
             fits.append(f"| {protocol} | {c} | {ln['a'] / 1e6:,.2f} | {ln['b'] / 1e3:,.2f} | "
                         f"{100 * ln['max_rel_residual']:.2f}% | {(ln['a'] + ln['b'] * VOCAB) / 1e9:,.3f} |")
-        base = None
+        base: dict[str, tuple[float, float, float]] = {}  # how -> SM+LN+G's (bytes, bytes w/o vocab, WAN s)
         for variant in VARIANTS:
             block = next((r for r in probes if r["run"]["variant"] == variant), None)
             if block is None:
                 continue
             ops = assemble(block, lines, variant)
-            tot, wan = totals(ops), network_estimate(ops, nets)["wan"]["seconds"]
-            rows = [("assembled", tot, wan)]
+            wan = network_estimate(ops, nets)["wan"]["seconds"]
+            rows = [("assembled", ops, wan)]
             full = next((r for r in runs if r["run"]["protocol"] == protocol and r["run"]["variant"] == variant
                          and r["run"]["n_layer"] == N_LAYER), None)
             if full is not None:
-                rows.append(("measured", full["total"], full["network"]["wan"]["seconds"]))
-            if variant == "sm-ln-g":
-                base = (tot["bytes"], wan)
+                rows.append(("measured", full["ops"], full["network"]["wan"]["seconds"]))
             out["protocols"].setdefault(protocol, {})[variant] = {
-                "assembled": {"ops": ops, "total": tot, "wan_seconds": wan},
-                "measured": None if full is None else {"total": full["total"], "wan_seconds": rows[-1][2]}}
-            for how, t, w in rows:
-                save = "" if base is None else f"{base[0] / t['bytes']:.2f}x"
-                wsave = "" if base is None else f"{base[1] / w:.2f}x"
-                table.append(f"| SPU {protocol} | {variant_label(make_config('gpt2-small', variant))} | {how} | "
-                             f"{t['bytes'] / 1e9:,.2f} | {t['rounds']:,.0f} | {t['seconds']:,.0f} | {w:,.0f} | "
-                             f"{save} | {wsave} |")
-            cats.append(f"| {protocol} | {variant_label(make_config('gpt2-small', variant))} | "
-                        + " | ".join(f"{ops[c]['bytes'] / 1e9:,.3f}" for c in CATEGORIES) + " |")
-    base = None
+                how: {"ops": o, "total": totals(o), "wan_seconds": w} for how, o, w in rows}
+            label = variant_label(make_config("gpt2-small", variant))
+            for how, o, w in rows:
+                t = totals(o)
+                body = t["bytes"] - sum(o[c]["bytes"] for c in VOCAB_CATS)
+                if variant == "sm-ln-g":
+                    base[how] = (t["bytes"], body, w)
+                b0 = base.get(how)
+                saves = ("", "", "") if b0 is None else (f"{b0[0] / t['bytes']:.2f}x", f"{b0[1] / body:.2f}x",
+                                                         f"{b0[2] / w:.2f}x")
+                table.append(f"| SPU {protocol} | {label} | {how} | {t['bytes'] / 1e9:,.2f} | {body / 1e9:,.2f} | "
+                             f"{t['rounds']:,.0f} | {t['seconds']:,.0f} | {w:,.0f} | {saves[0]} | {saves[1]} | {saves[2]} |")
+                cats.append(f"| {protocol} | {label} | {how} | "
+                            + " | ".join(f"{o[c]['bytes'] / 1e9:,.3f}" for c in CATEGORIES) + " |")
+    cbase = None
     for variant in VARIANTS:
         p = crypten_prediction(variant)
         b, w = p["total"]["bytes"], p["network"]["wan"]["seconds"]
-        base = base or (b, w)
-        out.setdefault("crypten", {})[variant] = {"total": p["total"], "wan_seconds": w}
-        table.append(f"| CrypTen 2PC (TTP) | {p['label']} | cost model | {b / 1e9:,.2f} | {p['total']['rounds']:,.0f} | "
-                     f"{p['total']['seconds']:,.0f} | {w:,.0f} | {base[0] / b:.2f}x | {base[1] / w:.2f}x |")
+        body = b - sum(p["ops"][c]["bytes"] for c in VOCAB_CATS)
+        cbase = cbase or (b, body, w)
+        out.setdefault("crypten", {})[variant] = {"total": p["total"], "ops": p["ops"], "wan_seconds": w}
+        table.append(f"| CrypTen 2PC (TTP) | {p['label']} | cost model | {b / 1e9:,.2f} | {body / 1e9:,.2f} | "
+                     f"{p['total']['rounds']:,.0f} | {p['total']['seconds']:,.0f} | {w:,.0f} | {cbase[0] / b:.2f}x | "
+                     f"{cbase[1] / body:.2f}x | {cbase[2] / w:.2f}x |")
     base_gb, base_min = PUBLISHED["sm-ln-g"]
     for variant, (gb, minutes) in PUBLISHED.items():
         table.append(f"| SecretFlow 2PC, published | {variant_label(make_config('gpt2-small', variant))} | "
-                     f"measured by the authors | {gb} | | | {60 * minutes:,.0f} | {base_gb / gb:.2f}x | "
+                     f"measured by the authors | {gb} | | | | {60 * minutes:,.0f} | {base_gb / gb:.2f}x | | "
                      f"{base_min / minutes:.2f}x |")
     md += table + cats + fits
     md += ["", "Runs (each a real SPU session: one process per party on this machine):", "",
