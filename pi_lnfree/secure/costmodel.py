@@ -1,8 +1,9 @@
 """Predicted secure-inference cost: calibrated per-primitive unit costs, composed over a model.
 
-CrypTen's communication depends only on tensor shapes and protocol knobs, never on values. The
-secure forward (`pi_lnfree.secure.structure.Decoder` on `CryptenOps`) calls nothing but the
-metered primitives of its backend, so its cost is the sum of the costs of those calls:
+CrypTen's communication depends only on tensor shapes and protocol knobs, never on values; so
+does SecretFlow SPU's. The secure forward (`pi_lnfree.secure.structure.Decoder` on `CryptenOps`
+or `SpuOps`) calls nothing but the metered primitives of its backend, so its cost is the sum of
+the costs of those calls:
 
 1. `trace(cfg, T)` lists the primitive calls of one forward pass (kind + shape dims) by running
    the decoder structure (`pi_lnfree.secure.structure`) on the recording backend: the same code
@@ -28,6 +29,16 @@ metered primitives of its backend, so its cost is the sum of the costs of those 
    offline phase is the dealer's share of every tuple (the calibrated `dealer_bytes`, exact) in
    one round trip under TTP, nothing on the wire under TFP, and `offline_seconds`, fitted like
    `seconds` on the time features from the offline phase of each calibration call.
+
+SPU profiles (`engine = "spu"`): the same trace, kinds and categories; the calibration runs in
+SPU parties (`pi_lnfree.secure.spu_measure`), bytes are what all parties sent and rounds the
+busiest party's send actions, per call, as SPU's secure-eval meters them (without sharing the
+inputs). Two kinds take SPU's own features (`_spu_features`): the softmax (SPU's row max is a
+halving tree) and `other` (rotary positions talk under SPU). SEMI2K's and ABY3's bytes and rounds
+are exact; CHEETAH's are a relative least-squares fit (HE packing into fixed-size ciphertexts,
+silent-OT batches charged to whichever call drains them), whose largest relative residual on the
+calibration design each kind keeps (`KindFit.residual`) and each prediction reports. SPU has no
+offline phase in secure-eval, so its predictions have none either.
 """
 
 from __future__ import annotations
@@ -172,9 +183,45 @@ def _matmul_features(n_x: int, n_w: int, n_y: int, macs: int) -> dict[str, dict[
     }
 
 
-def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict[str, float]]:
-    """Shape features of one call, by group (see the module docstring)."""
+def spu_max_steps(T: int) -> int:
+    """Sequential compare-and-select levels of SPU's row max over T entries: its reduce halves
+    the row each level (an odd entry waits for the next level), so a row of T entries takes
+    ceil(log2 T) levels and T - 1 comparisons in all."""
+    return max(T - 1, 0).bit_length()
+
+
+def _spu_features(kind: str, dims: dict[str, int]) -> dict[str, dict[str, float]] | None:
+    """The features of SPU's kernels where they differ from CrypTen's (None elsewhere): the
+    softmax's row max is SPU's halving tree (`spu_max_steps`), not one of CrypTen's max methods;
+    `other` holds rotary positions, whose products with the public tables SPU truncates with
+    communication (CrypTen's two-party truncation is local), so their rotated elements count."""
     g = dims.get
+    if kind == "softmax":
+        T, rows = g("T"), g("H") * g("T")
+        return {
+            "size": {"elements": rows * T, "rows": rows, "tree": rows * (T - 1), "one": 1},
+            "count": {"one": 1, "steps": spu_max_steps(T)},
+            "time": {"elements": rows * T, "tree": rows * (T - 1), "rows": rows, "one": 1},
+        }
+    if kind == "other":
+        rotated = 2 * g("H", 0) * g("T", 0) * g("rd", 0)  # q and k
+        return {
+            "size": {"elements": g("n"), "rotated": rotated, "one": 1},
+            "count": {"one": 1, "rotary": int(rotated > 0)},
+            "time": {"elements": g("n"), "rotated": rotated, "one": 1},
+        }
+    return None
+
+
+def features(kind: str, dims: dict[str, int], max_method: str, engine: str = "crypten") -> dict[str, dict[str, float]]:
+    """Shape features of one call, by group (see the module docstring); `engine` "spu" takes
+    SPU's own softmax and `other` features (`_spu_features`). Raises `ValueError` for an unknown
+    kind."""
+    g = dims.get
+    if engine == "spu":
+        own = _spu_features(kind, dims)
+        if own is not None:
+            return own
     if kind == "embedding":
         return _matmul_features(g("T") * g("V"), g("V") * g("d"), g("T") * g("d"), g("T") * g("V") * g("d"))
     if kind == "linear":
@@ -249,6 +296,9 @@ class KindFit:
     features: dict[str, list[str]]  # group -> feature names (order of the coefficients)
     coef: dict[str, list[float]]  # field -> coefficients
     design: dict[str, list[list[float]]]  # group -> the feature rows the fit saw (size, count)
+    # field -> largest |fit - measured| / measured over the design, for a kind whose bytes or
+    # rounds are fitted by least squares instead of explained exactly (SPU CHEETAH); else empty
+    residual: dict[str, float] = field(default_factory=dict)
 
     def check_span(self, kind: str, feats: dict[str, dict[str, float]]) -> None:
         """Refuse a call whose size/count features are not combinations of the calibrated ones."""
@@ -279,7 +329,8 @@ class Calibration:
             "format": FORMAT,
             "knobs": self.knobs,
             "meta": self.meta,
-            "kinds": {k: {"features": f.features, "coef": f.coef, "design": f.design} for k, f in self.kinds.items()},
+            "kinds": {k: {"features": f.features, "coef": f.coef, "design": f.design,
+                          **({"residual": f.residual} if f.residual else {})} for k, f in self.kinds.items()},
         }
 
     def save(self, path: str | Path) -> None:
@@ -295,7 +346,8 @@ class Calibration:
             data = json.loads(path.read_text())
             if data.get("format") != FORMAT:
                 raise UserError(f"{path}: calibration format {data.get('format')!r}, expected {FORMAT}; recalibrate")
-            kinds = {k: KindFit(v["features"], v["coef"], v["design"]) for k, v in data["kinds"].items()}
+            kinds = {k: KindFit(v["features"], v["coef"], v["design"], dict(v.get("residual", {})))
+                     for k, v in data["kinds"].items()}
             return cls(dict(data["knobs"]), kinds, dict(data.get("meta", {})), str(path))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{path}: not a readable calibration file ({type(e).__name__}: {e})") from None
@@ -309,13 +361,31 @@ class Calibration:
             raise UserError(f"calibration {self.path} does not match profile {profile.name} ({pairs}); "
                             f"run pi-lnfree cost --calibrate {profile.path or profile.name}")
 
+    @property
+    def engine(self) -> str:
+        """The engine of the calibrated profile ("crypten" or "spu")."""
+        return self.knobs.get("engine", "crypten")
+
+    @property
+    def exact(self) -> bool:
+        """False when some kind's bytes or rounds are a least-squares fit (`KindFit.residual`)."""
+        return not any(f.residual for f in self.kinds.values())
+
+    def max_residual(self) -> dict[str, float]:
+        """Per field, the largest relative residual of a least-squares fit over all kinds."""
+        out: dict[str, float] = {}
+        for f in self.kinds.values():
+            for fld, r in f.residual.items():
+                out[fld] = max(out.get(fld, 0.0), float(r))
+        return out
+
     def call_cost(self, call: Call) -> dict[str, float | None]:
         """Predicted bytes, rounds, seconds, dealer traffic and offline seconds of one call
         (`offline_seconds` None for a calibration made before calls ran in two phases)."""
         fit = self.kinds.get(call.kind)
         if fit is None:
             raise UserError(f"calibration {self.path} has no unit costs for {call.kind}; recalibrate")
-        feats = features(call.kind, call.d, self.knobs["max_method"])
+        feats = features(call.kind, call.d, self.knobs["max_method"], self.engine)
         fit.check_span(call.kind, feats)
         out: dict[str, float] = {}
         for fld, group in FIELD_GROUP.items():
@@ -330,8 +400,8 @@ class Calibration:
 
 
 def load_calibration(profile: ProtocolProfile, path: str | Path | None = None) -> Calibration:
-    """The calibration stored next to `profile` (or at `path`), checked against its knobs."""
-    profile.require_crypten("the cost model")
+    """The calibration stored next to `profile` (or at `path`), checked against its knobs (the
+    engine and every protocol knob, so a calibration of another profile is refused)."""
     if path is None:
         if profile.path is None:
             raise UserError(f"profile {profile.name} has no file; give the calibration path")
@@ -374,9 +444,27 @@ def predict_offline(calls: list[Call], cal: Calibration, provider: str) -> dict[
 
 def predicted_state(calls: list[Call], cal: Calibration, provider: str = "TTP") -> dict[str, Any]:
     """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it, with
-    the predicted `offline` phase."""
+    the predicted `offline` phase under CrypTen (SPU's secure-eval reports no phases: SEMI2K's
+    TrustedFirstParty triples cost no traffic, CHEETAH and ABY3 make their correlations online)."""
     ops = predict_ops(calls, cal)
-    return {"ops": ops, "span": total_of(ops), "offline": predict_offline(calls, cal, provider)}
+    state = {"ops": ops, "span": total_of(ops)}
+    if cal.engine == "crypten":
+        state["offline"] = predict_offline(calls, cal, provider)
+    return state
+
+
+def _notes(profile: ProtocolProfile, cal: Calibration) -> str:
+    """What the predicted numbers are (the result's `seconds_note`)."""
+    secs = "seconds are an estimate of local compute on the calibration machine; "
+    if cal.engine == "crypten":
+        return secs + "bytes and rounds are exact predictions of CrypTen's traffic"
+    if cal.exact:
+        return (secs + f"bytes and rounds (send actions) are exact predictions of SPU {profile.spu_protocol}'s "
+                "traffic, without sharing the inputs")
+    worst = cal.max_residual()
+    return (secs + f"bytes and rounds are a least-squares fit of SPU {profile.spu_protocol}'s traffic (largest "
+            f"relative residual on the calibration design: bytes {worst.get('bytes', 0.0):.1%}, rounds "
+            f"{worst.get('rounds', 0.0):.1%}), without sharing the inputs")
 
 
 def predict(
@@ -401,10 +489,12 @@ def predict(
         "checkpoint": str(checkpoint) if checkpoint else None,
         **cost_result(cfg, profile, [state], seq_len, 1, "none needed: costs depend on shapes only", networks),
         "predicted": True,
-        "calibration": {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}},
-        "seconds_note": ("seconds are an estimate of local compute on the calibration machine; "
-                         "bytes and rounds are exact predictions of CrypTen's traffic"),
-        "parties": {"mode": "predicted (no parties run)", "world_size": 2, "dealer": profile.provider == "TTP"},
+        "calibration": {"path": cal.path, "exact": cal.exact, "max_relative_residual": cal.max_residual(),
+                        **{k: cal.meta.get(k) for k in ("created", "machine", "load_average", cal.engine)}},
+        "seconds_note": _notes(profile, cal),
+        "parties": {"mode": "predicted (no parties run)", "world_size": profile.world_size,
+                    "dealer": cal.engine == "crypten" and profile.provider == "TTP",
+                    **({"engine": "spu"} if cal.engine == "spu" else {})},
         "weight_sharing_seconds": None,
     }
     result["wall_seconds"] = time.perf_counter() - t0

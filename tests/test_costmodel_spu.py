@@ -1,0 +1,152 @@
+"""Cost model under SecretFlow SPU profiles: the shipped calibrations, predictions vs real SPU runs.
+
+Without the SPU environment only the checks that read the shipped calibration files run (the
+prediction's shape, a profile/calibration mismatch, the CHEETAH fit's note); the others skip.
+With it, ONE launch of two SEMI2K parties measures a few primitives of the calibration design
+and whole secure forwards of tiny configs; the fit of those primitives must be exact and equal
+both a hand count of SPU's protocol and the shipped unit costs, and the shipped calibration
+must predict every forward's per-category bytes, rounds (send actions) and calls exactly.
+(`tests/test_spu.py` compares the prediction with a real `secure-eval` of a trained checkpoint.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pi_lnfree.cli import main
+from pi_lnfree.config import make_config
+from pi_lnfree.errors import UserError
+from pi_lnfree.resources import protocol_file
+from pi_lnfree.secure.calibrate import design, fit
+from pi_lnfree.secure.costmodel import Calibration, load_calibration, predict, predicted_state, trace
+from pi_lnfree.secure.meter import CATEGORIES
+from pi_lnfree.secure.profile import load_profile
+
+SEMI2K = protocol_file("spu-semi2k")
+CHEETAH = protocol_file("spu-cheetah")
+# the design's kinds whose fit the launch repeats: matmuls, the softmax (SPU's max tree), the
+# rotary positions (the one `other` call that talks under SPU), a nonlinearity
+REFIT_KINDS = ("linear", "lm_head", "softmax", "other", "activation:relu")
+
+
+def tiny(variant: str, **overrides):
+    return make_config("tiny", variant, vocab_size=64, **{"n_layer": 1, **overrides})
+
+
+CASES = {
+    "sm-r T=16": (tiny("sm-r"), 16),
+    "sm-ln-g T=32": (tiny("sm-ln-g"), 32),
+    "rotary, parallel, learnable leaky, untied, no bias T=13": (
+        tiny("sm-lrelu-layer", position="rotary", residual="parallel", tie_embeddings=False, bias=False), 13),
+}
+
+
+def _spu_or_skip():
+    from pi_lnfree.secure.spu_engine import SpuMissing, spu_python
+
+    try:
+        spu_python()
+    except SpuMissing as e:
+        pytest.skip(f"no SPU environment ({e})")
+
+
+@pytest.fixture(scope="module")
+def semi2k_run():
+    """One launch of two SEMI2K parties: the design's calls of `REFIT_KINDS` + every forward."""
+    from pi_lnfree.secure.spu_engine import measure_local
+
+    _spu_or_skip()
+    profile = load_profile(SEMI2K)
+    calls = [i for i in design(profile, timing=False) if i["kind"] in REFIT_KINDS]
+    forwards = [{"type": "forward", "config": cfg.to_dict(), "T": T, "seed": 1} for cfg, T in CASES.values()]
+    states, _ = measure_local(profile, calls + forwards, timeout_s=300)
+    return profile, fit(profile, calls, states[: len(calls)]), [s[0] for s in states[len(calls):]]
+
+
+# ---------------------------------------------------------------------------------------------
+# with the SPU environment
+
+
+@pytest.mark.slow
+def test_fit_is_exact_and_equals_the_hand_count(semi2k_run):
+    """SEMI2K (FM64) matmul, both parties: each sends its shares of X - A and W - B (8 bytes per
+    ring element) and 4 bytes per product element for SPU's probabilistic truncation, in 2 send
+    actions; the LM head then sends the server's 8-byte shares of the T x V logits (1 action).
+    `fit` raised nothing, so every measured call was reproduced exactly."""
+    _, cal, _ = semi2k_run
+    assert cal.exact
+    c = dict(zip(cal.kinds["linear"].features["size"], cal.kinds["linear"].coef["bytes"], strict=True))
+    assert c == pytest.approx({"x": 16, "w": 16, "y": 8, "one": 0}, abs=1e-6)
+    assert cal.kinds["linear"].coef["rounds"] == [2]
+    c = dict(zip(cal.kinds["lm_head"].features["size"], cal.kinds["lm_head"].coef["bytes"], strict=True))
+    assert c == pytest.approx({"x": 16, "w": 16, "y": 16, "one": 0}, abs=1e-6)
+    assert cal.kinds["lm_head"].coef["rounds"] == [3]
+    # residual adds are local; the rotary products with the public tables are truncated (talks)
+    c = dict(zip(cal.kinds["other"].features["size"], cal.kinds["other"].coef["bytes"], strict=True))
+    assert c["elements"] == pytest.approx(0, abs=1e-9) and c["rotated"] > 0
+
+
+@pytest.mark.slow
+def test_shipped_calibration_equals_a_fresh_fit(semi2k_run):
+    """The shipped unit costs still describe the engine (else: pi-lnfree cost --calibrate)."""
+    profile, cal, _ = semi2k_run
+    shipped = load_calibration(profile)
+    for kind in REFIT_KINDS:
+        for fld in ("bytes", "rounds"):
+            assert cal.kinds[kind].coef[fld] == pytest.approx(shipped.kinds[kind].coef[fld], abs=1e-6), (kind, fld)
+
+
+@pytest.mark.slow
+def test_shipped_calibration_predicts_real_forwards_exactly(semi2k_run):
+    profile, _, states = semi2k_run
+    shipped = load_calibration(profile)
+    for (label, (cfg, T)), meas in zip(CASES.items(), states, strict=True):
+        pred = predicted_state(trace(cfg, T), shipped)
+        assert meas["span"]["bytes"] > 0
+        for cat in CATEGORIES:
+            for fld in ("bytes", "rounds", "calls"):
+                assert pred["ops"][cat][fld] == meas["ops"][cat][fld], (label, cat, fld)
+        assert pred["span"]["bytes"] == meas["span"]["bytes"] and pred["span"]["rounds"] == meas["span"]["rounds"]
+
+
+# ---------------------------------------------------------------------------------------------
+# from the shipped files alone
+
+
+def test_cost_command_under_spu_has_secure_evals_shape(capsys):
+    assert main(["cost", "--preset", "tiny", "--variant", "sm-r", "--vocab-size", "64", "--protocol", "spu-semi2k",
+                 "--seq-len", "16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["predicted"] is True and r["protocol"]["engine"] == "spu"
+    assert set(r["ops"]) == set(CATEGORIES) and "phases" not in r  # SPU's secure-eval has no phases
+    assert r["parties"] == {"mode": "predicted (no parties run)", "world_size": 2, "dealer": False, "engine": "spu"}
+    assert r["calibration"]["exact"] is True and r["ops"]["softmax"]["rounds"] > 0
+    assert r["total"]["bytes"] == sum(r["ops"][c]["bytes"] for c in CATEGORIES)
+    aby3 = predict(tiny("sm-r"), load_profile("spu-aby3"), 16)
+    assert aby3["parties"]["world_size"] == 3 and aby3["calibration"]["exact"] is True
+
+
+def test_cheetah_prediction_says_it_is_a_fit():
+    cal = load_calibration(load_profile(CHEETAH))
+    assert not cal.exact and 0 < cal.max_residual()["bytes"] == cal.meta["max_relative_residual"]["bytes"]
+    r = predict(tiny("sm-ln-g"), load_profile(CHEETAH), 16, cal=cal)
+    assert r["calibration"]["exact"] is False and "least-squares fit" in r["seconds_note"]
+
+
+def test_a_calibration_of_another_profile_is_refused(tmp_path):
+    cheetah = load_profile(CHEETAH)
+    with pytest.raises(UserError, match=r"does not match profile spu-cheetah \(.*spu_protocol: calibrated 'SEMI2K'"):
+        load_calibration(cheetah, protocol_file("spu-semi2k").with_name("spu-semi2k.calibration.json"))
+    crypten = load_profile("crypten-2pc-ttp")
+    with pytest.raises(UserError, match="does not match profile crypten-2pc-ttp .*engine: calibrated 'spu'"):
+        load_calibration(crypten, protocol_file("spu-semi2k").with_name("spu-semi2k.calibration.json"))
+    # one line, exit code 2, from the command
+    mine = tmp_path / "mine.toml"
+    mine.write_text(CHEETAH.read_text())
+    Calibration.load(protocol_file("spu-semi2k").with_name("spu-semi2k.calibration.json")).save(
+        tmp_path / "mine.calibration.json")
+    with pytest.raises(SystemExit) as e:
+        main(["cost", "--preset", "tiny", "--variant", "sm-r", "--protocol", str(mine), "--seq-len", "16"])
+    assert e.value.code == 2
