@@ -191,16 +191,21 @@ def spu_max_steps(T: int) -> int:
 
 
 def _spu_features(kind: str, dims: dict[str, int]) -> dict[str, dict[str, float]] | None:
-    """The features of SPU's kernels where they differ from CrypTen's (None elsewhere): the
-    softmax's row max is SPU's halving tree (`spu_max_steps`), not one of CrypTen's max methods;
+    """The features of SPU's kernels where they differ from CrypTen's (None elsewhere): SPU runs
+    a product of all heads (and may run a head's kernels) head by head, so send actions may grow
+    with the heads H; the softmax's row max is SPU's halving tree (`spu_max_steps`), not one of
+    CrypTen's max methods;
     `other` holds rotary positions, whose products with the public tables SPU truncates with
     communication (CrypTen's two-party truncation is local), so their rotated elements count."""
     g = dims.get
+    if kind in ("attention_scores", "attention_mix"):
+        own = features(kind, dims, "", "crypten")
+        return {**own, "count": {"one": 1, "heads": g("H")}}
     if kind == "softmax":
         T, rows = g("T"), g("H") * g("T")
         return {
             "size": {"elements": rows * T, "rows": rows, "tree": rows * (T - 1), "one": 1},
-            "count": {"one": 1, "steps": spu_max_steps(T)},
+            "count": {"one": 1, "steps": spu_max_steps(T), "heads": g("H")},
             "time": {"elements": rows * T, "tree": rows * (T - 1), "rows": rows, "one": 1},
         }
     if kind == "other":
