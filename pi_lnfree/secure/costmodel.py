@@ -204,9 +204,10 @@ def _spu_features(kind: str, dims: dict[str, int]) -> dict[str, dict[str, float]
     if kind == "softmax":
         T, rows = g("T"), g("H") * g("T")
         return {
-            "size": {"elements": rows * T, "rows": rows, "tree": rows * (T - 1), "one": 1},
+            # the tree's rows x (T - 1) comparisons are elements - rows: no feature of their own
+            "size": {"elements": rows * T, "rows": rows, "one": 1},
             "count": {"one": 1, "steps": spu_max_steps(T), "heads": g("H")},
-            "time": {"elements": rows * T, "tree": rows * (T - 1), "rows": rows, "one": 1},
+            "time": {"elements": rows * T, "rows": rows, "one": 1},
         }
     if kind == "other":
         rotated = 2 * g("H", 0) * g("T", 0) * g("rd", 0)  # q and k
