@@ -1,12 +1,14 @@
 """The SPU cost model's predictions next to real SPU runs of GPT-2-small (`benchmarks/spu_gpt2.py`).
 
-    python benchmarks/costmodel_spu.py [SPU_GPT2_JSON] > benchmarks/results/costmodel_spu.md
+    python benchmarks/costmodel_spu.py DIR > benchmarks/results/costmodel_spu.md
 
-Reads the per-category bytes and rounds that `benchmarks/spu_gpt2.py report` assembled from
-one-layer runs under real SPU parties (default `benchmarks/results/spu_gpt2.json`; GPT-2-small
-shape, vocabulary 52,000, T=128, random weights) and prints, per protocol, configuration and
-operator category, the prediction of `pi-lnfree cost` (`costmodel.predict`, from the shipped
-calibration of that profile) and its relative difference. No parties run here.
+DIR holds `secure-eval` results of real SPU parties (`benchmarks/spu_gpt2.py measure` writes one
+JSON per run: a GPT-2-small-shaped checkpoint with random weights, T=128, its `run` naming the
+variant, n_layer, vocabulary and protocol). For each run this prints, per operator category, the
+measured bytes (all parties) and rounds (send actions of the busiest party) next to the prediction
+of `pi-lnfree cost` (`costmodel.predict` of the same config from the shipped calibration of that
+profile). A config the calibration does not cover (for instance a product that SPU tiles, under a
+profile calibrated without tiled products) is listed with the reason. No parties run here.
 """
 
 from __future__ import annotations
@@ -16,43 +18,70 @@ import sys
 from pathlib import Path
 
 from pi_lnfree.config import make_config
+from pi_lnfree.errors import UserError
 from pi_lnfree.secure.costmodel import load_calibration, predict
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_profile
 
-VOCAB, T = 52000, 128
+FIELDS = ("bytes", "rounds")
 
 
 def _rel(p: float, m: float) -> str:
     return "0" if p == m else ("n/a" if m == 0 else f"{(p - m) / m:+.2e}")
 
 
-def main(path: str) -> None:
-    data = json.loads(Path(path).read_text())
-    print("# The SPU cost model vs real SPU runs: GPT-2-small, T=128, vocabulary 52,000\n")
-    print(f"Measured: `{path}` (assembled by `benchmarks/spu_gpt2.py` from one-layer runs under real SPU parties). "
-          "Predicted: `pi-lnfree cost --preset gpt2-small --variant V --vocab-size 52000 --protocol P --seq-len 128` "
-          "(`benchmarks/costmodel_spu.py`). Bytes: all parties; rounds: send actions of the busiest party.\n")
-    for proto, variants in data["protocols"].items():
-        profile = load_profile(proto)
-        cal = load_calibration(profile)
-        print(f"## {proto} ({'exact' if cal.exact else 'least-squares fit'} calibration, {cal.meta.get('created')})\n")
-        print("| configuration | category | measured bytes | predicted bytes | rel. diff | measured rounds "
-              "| predicted rounds |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        for variant, runs in variants.items():
-            meas = (runs.get("measured") or runs.get("assembled"))["ops"]
-            pred = predict(make_config("gpt2-small", variant, vocab_size=VOCAB), profile, T, cal=cal)["ops"]
-            for c in [*CATEGORIES, "total"]:
-                if c == "total":
-                    m = {f: sum(meas[k][f] for k in CATEGORIES) for f in ("bytes", "rounds")}
-                    p = {f: sum(pred[k][f] for k in CATEGORIES) for f in ("bytes", "rounds")}
-                else:
-                    m, p = meas[c], pred[c]
-                print(f"| {variant} | {c} | {m['bytes']:,.0f} | {p['bytes']:,.0f} | {_rel(p['bytes'], m['bytes'])} "
-                      f"| {m['rounds']:,.1f} | {p['rounds']:,.0f} |")
+def _runs(folder: Path) -> list[tuple[Path, dict]]:
+    runs = [(p, json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    key = lambda pr: (pr[1]["run"]["protocol"], pr[1]["run"]["n_layer"], pr[1]["run"]["variant"])  # noqa: E731
+    return sorted(runs, key=key)
+
+
+def _rows(measured: dict, predicted: dict) -> list[str]:
+    out = []
+    for c in [*CATEGORIES, "total"]:
+        if c == "total":
+            m = {f: sum(measured[k][f] for k in CATEGORIES) for f in FIELDS}
+            p = {f: sum(predicted[k][f] for k in CATEGORIES) for f in FIELDS}
+        else:
+            m, p = measured[c], predicted[c]
+        out.append(f"| {c} | {m['bytes']:,.0f} | {p['bytes']:,.0f} | {_rel(p['bytes'], m['bytes'])} "
+                   f"| {m['rounds']:,.1f} | {p['rounds']:,.1f} | {_rel(p['rounds'], m['rounds'])} |")
+    return out
+
+
+def main(folder: str) -> None:
+    print("# The SPU cost model vs real SPU runs: GPT-2-small shape, T=128, random weights\n")
+    print(f"Made by `PYTHONPATH=$PWD python benchmarks/costmodel_spu.py {folder} > "
+          "benchmarks/results/costmodel_spu.md`. Measured: one `secure-eval` per run under real SPU "
+          "parties (`benchmarks/spu_gpt2.py measure`). Predicted: `predict(make_config('gpt2-small', "
+          "variant, vocab_size=V, n_layer=L), load_profile(protocol), 128)`, i.e. `pi-lnfree cost` with "
+          "the shipped calibration of that profile. Bytes: all parties; rounds: send actions of the "
+          "busiest party, per category (the sum of each call's busiest party in the prediction).\n")
+    print("The runs revealed the logits with the earlier framing (a small header per party on top of the "
+          "ring elements); SPU's reveal now sends bare ring elements, as the calibration measured, so the "
+          "measured `lm_head` bytes carry a few dozen bytes per run that the prediction does not.\n")
+    cals: dict[str, object] = {}
+    for path, res in _runs(Path(folder)):
+        run = res["run"]
+        print(f"## {run['protocol']} {run['variant']}, {run['n_layer']} layer(s), vocabulary {run['vocab']:,} "
+              f"(`{path.name}`)\n")
+        profile = load_profile(run["protocol"])
+        cfg = make_config("gpt2-small", run["variant"], vocab_size=run["vocab"], n_layer=run["n_layer"])
+        try:
+            cal = cals.get(run["protocol"]) or cals.setdefault(run["protocol"], load_calibration(profile))
+            pred = predict(cfg, profile, int(res["seq_len"]), cal=cal)["ops"]
+        except UserError as e:
+            print(f"Not predicted: {e}\n")
+            continue
+        print(f"Calibration: {'exact' if cal.exact else 'least-squares fit'}, made {cal.meta.get('created')}.\n")
+        print("| category | measured bytes | predicted bytes | rel. diff | measured rounds | predicted rounds "
+              "| rel. diff |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(_rows(res["ops"], pred)))
         print()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/spu_gpt2.json")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/costmodel_spu.py DIR_OF_SPU_GPT2_RESULTS")
+    main(sys.argv[1])

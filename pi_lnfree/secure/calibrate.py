@@ -34,12 +34,14 @@ from pi_lnfree.secure.costmodel import (
     FIELD_GROUP,
     GROUPS,
     INTEGER_FIELDS,
+    SPU_MMUL_LIMIT,
     TIME_FIELDS,
     Calibration,
     KindFit,
     calibration_path,
     features,
     profile_knobs,
+    spu_share_bytes,
 )
 from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.profile import ProtocolProfile, load_profile
@@ -101,7 +103,20 @@ def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]
                 shapes = shapes[:CHEETAH_TIMING_SHAPES]
             for dims in shapes:
                 items.append({"type": "call", "kind": kind, "dims": dims, "repeat": 2})
+        if spu and profile.spu_protocol != "CHEETAH":
+            items += [{"type": "call", "kind": k, "dims": d, "repeat": 1} for k, d in spu_tiled_calls(profile)]
     return items
+
+
+def spu_tiled_calls(profile: ProtocolProfile) -> list[tuple[str, dict[str, int]]]:
+    """The cheapest embedding and LM head calls that SPU tiles (`costmodel.spu_mmul_blocks`):
+    operands just over its 256 MiB limit, split into two inner blocks (embedding) or 2 x 2 row and
+    column blocks (LM head). They fix the send actions of each block past the first; bytes follow
+    from the untiled unit costs, so the exact fit checks the tiling rule too. Not under CHEETAH
+    (its HE products at this size take hours on two cores): there a tiled call is refused."""
+    elements = SPU_MMUL_LIMIT // spu_share_bytes(profile.spu_protocol, profile.spu_field)
+    return [("embedding", dict(T=2, V=elements // 4 + 1024, d=2, pos=0)),
+            ("lm_head", dict(T=2, d=16, V=elements // 16 + 1024))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,13 +282,13 @@ def _relative_lstsq(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], max_method: str,
-             engine: str = "crypten", exact: bool = True) -> KindFit:
+             engine: str = "crypten", exact: bool = True, share_bytes: int = 8) -> KindFit:
     """Fit one kind's unit costs on `(dims, measured record)` points (`features` of `engine`);
     raises `UserError` when the features do not reproduce a measured byte or round count exactly.
     `exact=False` (SPU CHEETAH) fits bytes and rounds by relative least squares instead and
     keeps each one's largest relative residual in `KindFit.residual`; `fields` absent from the
     records (an SPU run has no offline phase) get no coefficients."""
-    feats = [features(kind, dims, max_method, engine) for dims, _ in points]
+    feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]
     names = {g: list(feats[0][g]) for g in GROUPS}
     rows = {g: np.asarray([[f[g][n] for n in names[g]] for f in feats], dtype=np.float64) for g in GROUPS}
     coef: dict[str, list[float]] = {}
@@ -333,7 +348,8 @@ def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[li
         best = dict(recs[0], **{f: sum(r[f] for r in recs) / len(recs) for f in EXACT_FIELDS})
         best.update({f: min(r[f] for r in recs) for f in TIME_FIELDS if f in best})
         by_kind.setdefault(item["kind"], []).append((item["dims"], best))
-    kinds = {k: fit_kind(k, pts, profile.max_method, profile.engine, exact) for k, pts in by_kind.items()}
+    share_bytes = spu_share_bytes(profile.spu_protocol, profile.spu_field) if profile.engine == "spu" else 8
+    kinds = {k: fit_kind(k, pts, profile.max_method, profile.engine, exact, share_bytes) for k, pts in by_kind.items()}
     return Calibration(profile_knobs(profile), kinds)
 
 

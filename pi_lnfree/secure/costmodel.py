@@ -184,20 +184,70 @@ def _matmul_features(n_x: int, n_w: int, n_y: int, macs: int) -> dict[str, dict[
 
 
 def spu_max_steps(T: int) -> int:
-    """Sequential compare-and-select levels of SPU's row max over T entries: its reduce halves
-    the row each level (an odd entry waits for the next level), so a row of T entries takes
-    ceil(log2 T) levels and T - 1 comparisons in all."""
-    return max(T - 1, 0).bit_length()
+    """Sequential compare-and-select levels of SPU's row max over T entries (SPU 0.9.5,
+    `libspu/kernel/hlo/reduce.cc`, `TreeReduce`): each level compares the two halves of the row,
+    an odd entry is set aside, and the set-aside entries are compared one by one at the end. A
+    row of T entries therefore takes floor(log2 T) halvings plus one step per set-aside entry
+    (the 1 bits of T below its leading one), and T - 1 comparisons in all."""
+    return max(T.bit_length() - 1, 0) + max(bin(T).count("1") - 1, 0)
 
 
-def _spu_features(kind: str, dims: dict[str, int]) -> dict[str, dict[str, float]] | None:
-    """The features of SPU's kernels where they differ from CrypTen's (None elsewhere): SPU runs
-    a product of all heads (and may run a head's kernels) head by head, so send actions may grow
+SPU_MMUL_LIMIT = 256 * 1024 * 1024  # bytes of both operands' shares above which SPU tiles a product
+
+
+def spu_share_bytes(protocol: str, field_name: str) -> int:
+    """Bytes of one party's share of one ring element under SPU: the ring's (FM64 8, FM128 16),
+    twice that under ABY3 (a replicated share holds two ring elements)."""
+    ring = {"FM32": 4, "FM64": 8, "FM128": 16}[field_name]
+    return 2 * ring if protocol == "ABY3" else ring
+
+
+def spu_mmul_blocks(m: int, n: int, k: int, share_bytes: int) -> tuple[int, int, int]:
+    """(row, column, inner) blocks of SPU's tiled (m, k) @ (k, n) product of secrets (SPU 0.9.5,
+    `libspu/kernel/hal/ring.cc`, `calcMmulTilingSize` and `_mmul`): a product whose operands'
+    shares exceed `SPU_MMUL_LIMIT` bytes runs block by block; each block opens its own slices of
+    both operands, so X is opened once per column block and W once per row block."""
+    if min(m, n, k) == 0 or (m * k + k * n) * share_bytes < SPU_MMUL_LIMIT:
+        return 1, 1, 1
+    limit = SPU_MMUL_LIMIT / share_bytes
+    if k > (m + n) * 8:  # tall and skinny: only the large dimension is split
+        mn_step = m + n
+        k_step = max(1, math.ceil(limit / mn_step))
+    elif m + n > k * 8:
+        k_step = k
+        mn_step = max(1, math.ceil(limit / k_step))
+    else:
+        ratio = k / (m + n)
+        mn = math.sqrt(limit / ratio)
+        k_step = max(1, math.ceil(limit / mn))
+        mn_step = max(1, math.ceil(mn))
+    m_step = max(mn_step * m // (m + n), 1)
+    n_step = max(mn_step * n // (m + n), 1)
+    return -(-m // m_step), -(-n // n_step), -(-k // k_step)
+
+
+def _spu_matmul_features(m: int, n: int, k: int, share_bytes: int) -> dict[str, dict[str, float]]:
+    """`_matmul_features` of an (m, k) @ (k, n) product under SPU's tiling (`spu_mmul_blocks`):
+    the opened elements of X and W count once per block that opens them, and every block past
+    the first adds its own send actions (`blocks`, zero for an untiled product: a calibration
+    without a tiled product refuses a tiled one instead of guessing)."""
+    mb, nb, kb = spu_mmul_blocks(m, n, k, share_bytes)
+    own = _matmul_features(nb * m * k, mb * k * n, m * n, m * n * k)
+    return {**own, "count": {"one": 1, "blocks": mb * nb * kb - 1}}
+
+
+def _spu_features(kind: str, dims: dict[str, int], share_bytes: int) -> dict[str, dict[str, float]] | None:
+    """The features of SPU's kernels where they differ from CrypTen's (None elsewhere): SPU tiles
+    a large product of two secrets (`_spu_matmul_features`; `share_bytes` per ring element of
+    one party's share, `spu_share_bytes`); it runs a product of all heads (and may run a head's kernels) head by head, so send actions may grow
     with the heads H; the softmax's row max is SPU's halving tree (`spu_max_steps`), not one of
     CrypTen's max methods;
     `other` holds rotary positions, whose products with the public tables SPU truncates with
     communication (CrypTen's two-party truncation is local), so their rotated elements count."""
     g = dims.get
+    mnk = {"embedding": ("T", "d", "V"), "linear": ("T", "o", "i"), "lm_head": ("T", "V", "d")}.get(kind)
+    if mnk is not None:
+        return _spu_matmul_features(*(g(a) for a in mnk), share_bytes)
     if kind in ("attention_scores", "attention_mix"):
         own = features(kind, dims, "", "crypten")
         return {**own, "count": {"one": 1, "heads": g("H")}}
@@ -219,13 +269,14 @@ def _spu_features(kind: str, dims: dict[str, int]) -> dict[str, dict[str, float]
     return None
 
 
-def features(kind: str, dims: dict[str, int], max_method: str, engine: str = "crypten") -> dict[str, dict[str, float]]:
+def features(kind: str, dims: dict[str, int], max_method: str, engine: str = "crypten",
+             share_bytes: int = 8) -> dict[str, dict[str, float]]:
     """Shape features of one call, by group (see the module docstring); `engine` "spu" takes
-    SPU's own softmax and `other` features (`_spu_features`). Raises `ValueError` for an unknown
-    kind."""
+    SPU's own product, attention, softmax and `other` features (`_spu_features`, with
+    `share_bytes` of `spu_share_bytes`). Raises `ValueError` for an unknown kind."""
     g = dims.get
     if engine == "spu":
-        own = _spu_features(kind, dims)
+        own = _spu_features(kind, dims, share_bytes)
         if own is not None:
             return own
     if kind == "embedding":
@@ -373,6 +424,14 @@ class Calibration:
         return self.knobs.get("engine", "crypten")
 
     @property
+    def share_bytes(self) -> int:
+        """Bytes of one party's share of one ring element (`spu_share_bytes`; 8 under CrypTen,
+        where no feature uses it)."""
+        if self.engine != "spu":
+            return 8
+        return spu_share_bytes(self.knobs["spu_protocol"], self.knobs["spu_field"])
+
+    @property
     def exact(self) -> bool:
         """False when some kind's bytes or rounds are a least-squares fit (`KindFit.residual`)."""
         return not any(f.residual for f in self.kinds.values())
@@ -391,7 +450,7 @@ class Calibration:
         fit = self.kinds.get(call.kind)
         if fit is None:
             raise UserError(f"calibration {self.path} has no unit costs for {call.kind}; recalibrate")
-        feats = features(call.kind, call.d, self.knobs["max_method"], self.engine)
+        feats = features(call.kind, call.d, self.knobs["max_method"], self.engine, self.share_bytes)
         fit.check_span(call.kind, feats)
         out: dict[str, float] = {}
         for fld, group in FIELD_GROUP.items():
