@@ -282,12 +282,13 @@ def _relative_lstsq(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], max_method: str,
-             engine: str = "crypten", exact: bool = True, share_bytes: int = 8) -> KindFit:
+             engine: str = "crypten", exact: tuple[str, ...] = EXACT_FIELDS, share_bytes: int = 8) -> KindFit:
     """Fit one kind's unit costs on `(dims, measured record)` points (`features` of `engine`);
-    raises `UserError` when the features do not reproduce a measured byte or round count exactly.
-    `exact=False` (SPU CHEETAH) fits bytes and rounds by relative least squares instead and
-    keeps each one's largest relative residual in `KindFit.residual`; `fields` absent from the
-    records (an SPU run has no offline phase) get no coefficients."""
+    raises `UserError` when the features do not reproduce a measured count of an `exact` field
+    (`exact_fields`) exactly. The other count fields (SPU CHEETAH's bytes and rounds, ABY3's
+    rounds) are fitted by relative least squares instead, each keeping its largest relative
+    residual in `KindFit.residual`; fields absent from the records (an SPU run has no offline
+    phase) get no coefficients."""
     feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]
     names = {g: list(feats[0][g]) for g in GROUPS}
     rows = {g: np.asarray([[f[g][n] for n in names[g]] for f in feats], dtype=np.float64) for g in GROUPS}
@@ -301,7 +302,7 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
         scale = np.maximum(np.abs(a).max(axis=0), 1.0)
         if fld in TIME_FIELDS:
             c = _nnls(a / scale, y) / scale
-        elif not exact:
+        elif fld not in exact:
             c, residual[fld] = _relative_lstsq(a, y)
         else:
             c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
@@ -322,18 +323,26 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
     return KindFit(names, coef, design, residual)
 
 
-def exact_costs(profile: ProtocolProfile) -> bool:
-    """Whether `profile`'s bytes and rounds are exact functions of the shape features: CrypTen's,
-    SPU SEMI2K's and ABY3's are; SPU CHEETAH's are not (its HE products pack elements into
-    ciphertexts of a fixed number of slots, and its silent-OT correlations are made in batches
-    whose refill is charged to whichever operator drains the pool)."""
-    return not (profile.engine == "spu" and profile.spu_protocol == "CHEETAH")
+def exact_fields(profile: ProtocolProfile) -> tuple[str, ...]:
+    """The count fields of `EXACT_FIELDS` that are exact functions of the shape features under
+    `profile`: all of them under CrypTen and SPU SEMI2K. Under SPU ABY3 the bytes are, the rounds
+    (send actions of the busiest party) are not: its probabilistic truncation and its OT-based
+    share conversions draw each call's party roles from a shared PRG (SPU 0.9.5,
+    `libspu/mpc/aby3/arithmetic.cc`, `pivot % 3`), so which party sends most varies from call to
+    call. Under SPU CHEETAH neither is (its HE products pack elements into ciphertexts of a fixed
+    number of slots, and its silent-OT correlations are made in batches whose refill is charged
+    to whichever operator drains the pool)."""
+    if profile.engine != "spu" or profile.spu_protocol == "SEMI2K":
+        return EXACT_FIELDS
+    if profile.spu_protocol == "ABY3":
+        return tuple(f for f in EXACT_FIELDS if f != "rounds")
+    return tuple(f for f in EXACT_FIELDS if f not in ("bytes", "rounds"))
 
 
 def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[list[dict]]) -> Calibration:
-    """Per-kind fits of the measured calls. Bytes and rounds of every repeat must agree where
-    they are exact (`exact_costs`); otherwise their mean counts. Seconds: the fastest repeat."""
-    exact = exact_costs(profile)
+    """Per-kind fits of the measured calls. Counts of every repeat must agree where they are
+    exact (`exact_fields`); otherwise their mean counts. Seconds: the fastest repeat."""
+    exact = exact_fields(profile)
     by_kind: dict[str, list[tuple[dict[str, int], dict[str, float]]]] = {}
     for item, states in zip(items, measured, strict=True):
         if item["type"] != "call":
@@ -343,7 +352,7 @@ def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[li
             for rec, s in zip(recs, states, strict=True):
                 rec["offline_seconds"] = s["offline"]["seconds"]
         for rec in recs[1:]:
-            if exact and any(rec[f] != recs[0][f] for f in EXACT_FIELDS):
+            if any(rec[f] != recs[0][f] for f in exact):
                 raise UserError(f"calibration: {item['kind']} at {item['dims']} cost differently on repeat")
         best = dict(recs[0], **{f: sum(r[f] for r in recs) / len(recs) for f in EXACT_FIELDS})
         best.update({f: min(r[f] for r in recs) for f in TIME_FIELDS if f in best})
@@ -396,4 +405,4 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     return {"profile": profile.name, "calibration": str(path), "kinds": sorted(cal.kinds), **cal.meta}
 
 
-__all__ = ["calibrate", "design", "exact_costs", "fit", "fit_kind", "measure", "party_program"]
+__all__ = ["calibrate", "design", "exact_fields", "fit", "fit_kind", "measure", "party_program"]

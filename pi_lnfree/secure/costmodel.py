@@ -33,12 +33,14 @@ the costs of those calls:
 SPU profiles (`engine = "spu"`): the same trace, kinds and categories; the calibration runs in
 SPU parties (`pi_lnfree.secure.spu_measure`), bytes are what all parties sent and rounds the
 busiest party's send actions, per call, as SPU's secure-eval meters them (without sharing the
-inputs). Two kinds take SPU's own features (`_spu_features`): the softmax (SPU's row max is a
-halving tree) and `other` (rotary positions talk under SPU). SEMI2K's and ABY3's bytes and rounds
-are exact; CHEETAH's are a relative least-squares fit (HE packing into fixed-size ciphertexts,
-silent-OT batches charged to whichever call drains them), whose largest relative residual on the
-calibration design each kind keeps (`KindFit.residual`) and each prediction reports. SPU has no
-offline phase in secure-eval, so its predictions have none either.
+inputs). Several kinds take SPU's own features (`_spu_features`): products (SPU tiles a large
+one), attention, the softmax (SPU's row max is a halving tree) and `other` (rotary positions talk
+under SPU). SEMI2K's bytes and rounds and ABY3's bytes are exact; ABY3's rounds (random party
+roles per call) and CHEETAH's bytes and rounds (HE packing into fixed-size ciphertexts, silent-OT
+batches charged to whichever call drains them) are a relative least-squares fit, whose largest
+relative residual on the calibration design each kind keeps (`KindFit.residual`) and each
+prediction reports (`calibrate.exact_fields`). SPU has no offline phase in secure-eval, so its
+predictions have none either.
 """
 
 from __future__ import annotations
@@ -366,9 +368,13 @@ class KindFit:
             coef, *_ = np.linalg.lstsq((rows / scale).T, q / scale, rcond=None)
             resid = np.abs((rows / scale).T @ coef - q / scale).max(initial=0.0)
             if resid > 1e-6 * max(1.0, float(np.abs(q / scale).max(initial=0.0))):
+                tiled = feats["count"].get("blocks", 0) > 0
+                why = (f"SPU tiles this product into {feats['count']['blocks'] + 1:.0f} blocks (its operands' "
+                       f"shares exceed {SPU_MMUL_LIMIT >> 20} MiB) and the calibration measured no tiled product, "
+                       "so its cost is beyond the calibrated regime") if tiled else "recalibrate (pi-lnfree cost --calibrate)"
                 raise UserError(
                     f"the calibration does not cover a {kind} call with {group} features "
-                    f"{dict(zip(self.features[group], q.tolist(), strict=True))}; recalibrate (pi-lnfree cost --calibrate)"
+                    f"{dict(zip(self.features[group], q.tolist(), strict=True))}; {why}"
                 )
 
 
@@ -523,13 +529,15 @@ def _notes(profile: ProtocolProfile, cal: Calibration) -> str:
     secs = "seconds are an estimate of local compute on the calibration machine; "
     if cal.engine == "crypten":
         return secs + "bytes and rounds are exact predictions of CrypTen's traffic"
-    if cal.exact:
-        return (secs + f"bytes and rounds (send actions) are exact predictions of SPU {profile.spu_protocol}'s "
-                "traffic, without sharing the inputs")
     worst = cal.max_residual()
-    return (secs + f"bytes and rounds are a least-squares fit of SPU {profile.spu_protocol}'s traffic (largest "
-            f"relative residual on the calibration design: bytes {worst.get('bytes', 0.0):.1%}, rounds "
-            f"{worst.get('rounds', 0.0):.1%}), without sharing the inputs")
+    exact = [f for f in ("bytes", "rounds") if f not in worst]
+    fitted = [f"{f} (largest relative residual on the calibration design {worst[f]:.1%})" for f in ("bytes", "rounds")
+              if f in worst]
+    parts = [f"{' and '.join(exact)} {'is' if len(exact) == 1 else 'are'} exact"] if exact else []
+    if fitted:
+        parts.append(f"{' and '.join(fitted)} {'is' if len(fitted) == 1 else 'are'} a least-squares fit")
+    return (secs + "; ".join(parts) + f" (SPU {profile.spu_protocol}'s traffic without sharing the inputs; rounds: "
+            "send actions of the busiest party)")
 
 
 def predict(
