@@ -40,6 +40,7 @@ from pi_lnfree.secure.costmodel import (
     KindFit,
     calibration_path,
     features,
+    field_vector,
     profile_knobs,
     spu_share_bytes,
 )
@@ -286,8 +287,9 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
     """Fit one kind's unit costs on `(dims, measured record)` points (`features` of `engine`);
     raises `UserError` when the features do not reproduce a measured count of an `exact` field
     (`exact_fields`) exactly. The other count fields (SPU CHEETAH's bytes and rounds, ABY3's
-    rounds) are fitted by relative least squares instead, each keeping its largest relative
-    residual in `KindFit.residual`; fields absent from the records (an SPU run has no offline
+    rounds) are fitted by relative least squares on the size and count features together
+    (`costmodel.traffic_names`) instead, each keeping its largest relative residual in
+    `KindFit.residual`; fields absent from the records (an SPU run has no offline
     phase) get no coefficients."""
     feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]
     names = {g: list(feats[0][g]) for g in GROUPS}
@@ -303,6 +305,7 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
         if fld in TIME_FIELDS:
             c = _nnls(a / scale, y) / scale
         elif fld not in exact:
+            a = np.asarray([field_vector(fld, f, names, True) for f in feats], dtype=np.float64)
             c, residual[fld] = _relative_lstsq(a, y)
         else:
             c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)

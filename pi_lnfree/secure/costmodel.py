@@ -230,12 +230,15 @@ def spu_mmul_blocks(m: int, n: int, k: int, share_bytes: int) -> tuple[int, int,
 
 def _spu_matmul_features(m: int, n: int, k: int, share_bytes: int) -> dict[str, dict[str, float]]:
     """`_matmul_features` of an (m, k) @ (k, n) product under SPU's tiling (`spu_mmul_blocks`):
-    the opened elements of X and W count once per block that opens them, and every block past
-    the first adds its own send actions (`blocks`, zero for an untiled product: a calibration
-    without a tiled product refuses a tiled one instead of guessing)."""
+    the opened elements of X and W (SEMI2K's Beaver products) count once per block that opens
+    them; each inner block makes its own (m, n) partial product (ABY3 reshares every one), so
+    `partial` counts the partial products past the first; and every block past the first adds
+    its own send actions (`blocks`). Both are zero for an untiled product: a calibration without
+    a tiled product refuses a tiled one instead of guessing."""
     mb, nb, kb = spu_mmul_blocks(m, n, k, share_bytes)
     own = _matmul_features(nb * m * k, mb * k * n, m * n, m * n * k)
-    return {**own, "count": {"one": 1, "blocks": mb * nb * kb - 1}}
+    return {**own, "size": {**own["size"], "partial": (kb - 1) * m * n},
+            "count": {"one": 1, "blocks": mb * nb * kb - 1}}
 
 
 def _spu_features(kind: str, dims: dict[str, int], share_bytes: int) -> dict[str, dict[str, float]] | None:
@@ -348,6 +351,22 @@ def profile_knobs(profile: ProtocolProfile) -> dict[str, Any]:
     return {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name not in NOT_KNOBS}
 
 
+def traffic_names(names: dict[str, list[str]]) -> list[str]:
+    """The features of a count field fitted by least squares (`KindFit.residual`): the size and
+    the count features together, since such counts need not split into the two (CHEETAH's send
+    actions grow with the elements: OT messages, silent-OT refills)."""
+    return [f"size.{n}" for n in names["size"]] + [f"count.{n}" for n in names["count"]]
+
+
+def field_vector(fld: str, feats: dict[str, dict[str, float]], names: dict[str, list[str]], fitted: bool) -> list[float]:
+    """The feature values that `fld`'s coefficients multiply (`names`: a kind's feature names by
+    group): its group's (`FIELD_GROUP`), or `traffic_names` for a least-squares count field."""
+    if not fitted:
+        return [feats[FIELD_GROUP[fld]][n] for n in names[FIELD_GROUP[fld]]]
+    both = {f"{g}.{n}": v for g in ("size", "count") for n, v in feats[g].items()}
+    return [both[n] for n in traffic_names(names)]
+
+
 @dataclass
 class KindFit:
     """Fitted unit costs of one primitive kind."""
@@ -356,7 +375,8 @@ class KindFit:
     coef: dict[str, list[float]]  # field -> coefficients
     design: dict[str, list[list[float]]]  # group -> the feature rows the fit saw (size, count)
     # field -> largest |fit - measured| / measured over the design, for a kind whose bytes or
-    # rounds are fitted by least squares instead of explained exactly (SPU CHEETAH); else empty
+    # rounds are fitted by least squares (on `traffic_names`) instead of explained exactly (SPU
+    # CHEETAH, ABY3's rounds); else empty
     residual: dict[str, float] = field(default_factory=dict)
 
     def check_span(self, kind: str, feats: dict[str, dict[str, float]]) -> None:
@@ -459,11 +479,11 @@ class Calibration:
         feats = features(call.kind, call.d, self.knobs["max_method"], self.engine, self.share_bytes)
         fit.check_span(call.kind, feats)
         out: dict[str, float] = {}
-        for fld, group in FIELD_GROUP.items():
+        for fld in FIELD_GROUP:
             if fld not in fit.coef:
                 out[fld] = None
                 continue
-            x = [feats[group][n] for n in fit.features[group]]
+            x = field_vector(fld, feats, fit.features, fld in fit.residual)
             value = float(np.dot(np.asarray(fit.coef[fld], dtype=np.float64), np.asarray(x, dtype=np.float64)))
             # counters are whole numbers (bytes: multiples of 4 once both parties are halved)
             out[fld] = float(max(round(value), 0)) if fld not in TIME_FIELDS else max(value, 0.0)
