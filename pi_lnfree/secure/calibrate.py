@@ -41,6 +41,7 @@ from pi_lnfree.secure.costmodel import (
     calibration_path,
     features,
     field_vector,
+    on_traffic,
     profile_knobs,
     spu_share_bytes,
 )
@@ -287,8 +288,8 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
     """Fit one kind's unit costs on `(dims, measured record)` points (`features` of `engine`);
     raises `UserError` when the features do not reproduce a measured count of an `exact` field
     (`exact_fields`) exactly. The other count fields (SPU CHEETAH's bytes and rounds, ABY3's
-    rounds) are fitted by relative least squares on the size and count features together
-    (`costmodel.traffic_names`) instead, each keeping its largest relative residual in
+    rounds) are fitted by relative least squares instead (CHEETAH's on the size and count
+    features together, `costmodel.on_traffic`), each keeping its largest relative residual in
     `KindFit.residual`; fields absent from the records (an SPU run has no offline
     phase) get no coefficients."""
     feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]
@@ -305,7 +306,8 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
         if fld in TIME_FIELDS:
             c = _nnls(a / scale, y) / scale
         elif fld not in exact:
-            a = np.asarray([field_vector(fld, f, names, True) for f in feats], dtype=np.float64)
+            fitted = [f for f in FIELD_GROUP if f not in exact and f not in TIME_FIELDS]
+            a = np.asarray([field_vector(fld, f, names, on_traffic(fld, fitted)) for f in feats], dtype=np.float64)
             c, residual[fld] = _relative_lstsq(a, y)
         else:
             c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)

@@ -50,6 +50,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,16 +353,23 @@ def profile_knobs(profile: ProtocolProfile) -> dict[str, Any]:
 
 
 def traffic_names(names: dict[str, list[str]]) -> list[str]:
-    """The features of a count field fitted by least squares (`KindFit.residual`): the size and
-    the count features together, since such counts need not split into the two (CHEETAH's send
-    actions grow with the elements: OT messages, silent-OT refills)."""
+    """The features of a count field fitted by least squares where the bytes are too (`on_traffic`):
+    the size and the count features together, since such counts need not split into the two
+    (CHEETAH's send actions grow with the elements: OT messages, silent-OT refills)."""
     return [f"size.{n}" for n in names["size"]] + [f"count.{n}" for n in names["count"]]
 
 
-def field_vector(fld: str, feats: dict[str, dict[str, float]], names: dict[str, list[str]], fitted: bool) -> list[float]:
+def on_traffic(fld: str, fitted: Collection[str]) -> bool:
+    """Whether count field `fld` is fitted on `traffic_names`, given the fields a kind fits by
+    least squares (`KindFit.residual`): when the bytes are fitted too (CHEETAH). Where only the
+    rounds are (ABY3: random party roles per call, not size), they keep the count features."""
+    return fld in fitted and "bytes" in fitted and fld not in TIME_FIELDS
+
+
+def field_vector(fld: str, feats: dict[str, dict[str, float]], names: dict[str, list[str]], traffic: bool) -> list[float]:
     """The feature values that `fld`'s coefficients multiply (`names`: a kind's feature names by
-    group): its group's (`FIELD_GROUP`), or `traffic_names` for a least-squares count field."""
-    if not fitted:
+    group): its group's (`FIELD_GROUP`), or `traffic_names` (`on_traffic`)."""
+    if not traffic:
         return [feats[FIELD_GROUP[fld]][n] for n in names[FIELD_GROUP[fld]]]
     both = {f"{g}.{n}": v for g in ("size", "count") for n, v in feats[g].items()}
     return [both[n] for n in traffic_names(names)]
@@ -375,7 +383,7 @@ class KindFit:
     coef: dict[str, list[float]]  # field -> coefficients
     design: dict[str, list[list[float]]]  # group -> the feature rows the fit saw (size, count)
     # field -> largest |fit - measured| / measured over the design, for a kind whose bytes or
-    # rounds are fitted by least squares (on `traffic_names`) instead of explained exactly (SPU
+    # rounds are fitted by least squares (`on_traffic`) instead of explained exactly (SPU
     # CHEETAH, ABY3's rounds); else empty
     residual: dict[str, float] = field(default_factory=dict)
 
@@ -483,7 +491,7 @@ class Calibration:
             if fld not in fit.coef:
                 out[fld] = None
                 continue
-            x = field_vector(fld, feats, fit.features, fld in fit.residual)
+            x = field_vector(fld, feats, fit.features, on_traffic(fld, fit.residual))
             value = float(np.dot(np.asarray(fit.coef[fld], dtype=np.float64), np.asarray(x, dtype=np.float64)))
             # counters are whole numbers (bytes: multiples of 4 once both parties are halved)
             out[fld] = float(max(round(value), 0)) if fld not in TIME_FIELDS else max(value, 0.0)
