@@ -22,15 +22,8 @@ from pi_lnfree.config import make_config
 from pi_lnfree.errors import UserError
 from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure.calibrate import design, fit
-from pi_lnfree.secure.costmodel import (
-    Calibration,
-    load_calibration,
-    predict,
-    predicted_state,
-    spu_max_steps,
-    spu_mmul_blocks,
-    trace,
-)
+from pi_lnfree.secure.cost_features import spu_max_steps, spu_mmul_blocks
+from pi_lnfree.secure.costmodel import Calibration, load_calibration, predict, predicted_state, trace
 from pi_lnfree.secure.meter import CATEGORIES
 from pi_lnfree.secure.profile import load_profile
 

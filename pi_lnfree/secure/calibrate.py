@@ -5,7 +5,7 @@ the profile asks for one), each metered primitive of `CryptenOps` at a designed 
 tiny shapes that pin down the byte and round coefficients exactly, and a few larger ones for the
 local-compute estimate. Each call is metered on its own (`Meter`, combined over both parties as
 secure-eval does), then `fit` regresses the measurements on the shape features of
-`pi_lnfree.secure.costmodel.features`: least squares for bytes and dealer bytes, integer
+`pi_lnfree.secure.cost_features.features`: least squares for bytes and dealer bytes, integer
 coefficients for rounds and dealer requests, non-negative least squares for seconds (the online
 phase's local compute) and offline seconds (making the call's tuples). Every item runs in two
 phases, as `secure-eval` does: its request trace, the offline phase, the metered online call. A kind whose
@@ -29,21 +29,23 @@ import numpy as np
 
 from pi_lnfree.errors import UserError
 from pi_lnfree.secure.calls import rotary_dims
-from pi_lnfree.secure.costmodel import (
-    ACTIVATION_KINDS,
+from pi_lnfree.secure.cost_features import (
     FIELD_GROUP,
     GROUPS,
-    INTEGER_FIELDS,
     SPU_MMUL_LIMIT,
     TIME_FIELDS,
-    Calibration,
-    KindFit,
-    calibration_path,
     features,
     field_vector,
     on_traffic,
-    profile_knobs,
     spu_share_bytes,
+)
+from pi_lnfree.secure.costmodel import (
+    ACTIVATION_KINDS,
+    INTEGER_FIELDS,
+    Calibration,
+    KindFit,
+    calibration_path,
+    profile_knobs,
 )
 from pi_lnfree.secure.parties import launch_local, local_jobs
 from pi_lnfree.secure.profile import ProtocolProfile, load_profile
@@ -111,7 +113,7 @@ def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]
 
 
 def spu_tiled_calls(profile: ProtocolProfile) -> list[tuple[str, dict[str, int]]]:
-    """The cheapest embedding and LM head calls that SPU tiles (`costmodel.spu_mmul_blocks`):
+    """The cheapest embedding and LM head calls that SPU tiles (`cost_features.spu_mmul_blocks`):
     operands just over its 256 MiB limit, split into two inner blocks (embedding) or 2 x 2 row and
     column blocks (LM head). They fix the send actions of each block past the first; bytes follow
     from the untiled unit costs, so the exact fit checks the tiling rule too. Not under CHEETAH
@@ -289,7 +291,7 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
     raises `UserError` when the features do not reproduce a measured count of an `exact` field
     (`exact_fields`) exactly. The other count fields (SPU CHEETAH's bytes and rounds, ABY3's
     rounds) are fitted by relative least squares instead (CHEETAH's on the size and count
-    features together, `costmodel.on_traffic`), each keeping its largest relative residual in
+    features together, `cost_features.on_traffic`), each keeping its largest relative residual in
     `KindFit.residual`; fields absent from the records (an SPU run has no offline
     phase) get no coefficients."""
     feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]

@@ -2,7 +2,7 @@
 
 `call_thunk(ops, kind, dims, share)` shares random inputs of the shapes that `dims` describe
 (outside any meter) and returns the thunk that runs the one metered primitive `kind` of
-`pi_lnfree.secure.costmodel.features` on `ops`: `CryptenOps` in the CrypTen parties
+`pi_lnfree.secure.cost_features.features` on `ops`: `CryptenOps` in the CrypTen parties
 (`pi_lnfree.secure.calibrate`), `SpuOps` in the SPU parties (`pi_lnfree.secure.spu_measure`).
 The backend comes with its own `share(shape, owner, scale=0.5, positive=False)`: a secret of
 `shape` held by party `owner` (random values: the costs of both engines depend on shapes only).

@@ -4,7 +4,7 @@ recorded with the dimensions its cost depends on (the cost model's trace of a fo
 This is how the cost model knows the calls of a secure forward without a hand-written list: it
 runs `pi_lnfree.secure.structure.Decoder` on shapes, as CrypTen's tuple provider traces the
 requests of a real run. The recorded `Call`s use the calibrated kinds of
-`pi_lnfree.secure.costmodel.features`; the `other` plumbing records `n`, the elements it touches
+`pi_lnfree.secure.cost_features.features`; the `other` plumbing records `n`, the elements it touches
 (the LM head's optional bias is a local addition, free like `other`; split and merge: the input's elements; an add of k terms: (k - 1) x elements; rotary: the
 elements of q and k, plus H, T, hd and rd, the rotated dims, because SPU's product with the
 public tables is not free: `pi_lnfree.secure.calls.rotary_dims`).
