@@ -141,7 +141,7 @@ class KindFit:
                        f"shares exceed {SPU_MMUL_LIMIT >> 20} MiB) and the calibration measured no tiled product, "
                        "so its cost is beyond the calibrated regime") if tiled else "recalibrate (pi-lnfree cost --calibrate)"
                 raise UserError(
-                    f"the calibration does not cover a {kind} call with {group} features "
+                    f"the calibration does not cover this {kind} call, with {group} features "
                     f"{dict(zip(self.features[group], q.tolist(), strict=True))}; {why}"
                 )
 
