@@ -175,7 +175,7 @@ def test_shipped_semi2k_calibration_predicts_a_real_gpt2_run():
 
 
 def test_a_tiled_product_beyond_cheetahs_calibration_is_refused():
-    with pytest.raises(UserError, match=r"embedding call .*SPU tiles this product into 2 blocks .*beyond the calibrated regime"):
+    with pytest.raises(UserError, match=r"embedding call.*SPU tiles this product into 2 blocks .*beyond the calibrated regime"):
         predict(make_config("gpt2-small", "sm-r", vocab_size=52000, n_layer=1), load_profile(CHEETAH), 128)
 
 
