@@ -15,7 +15,7 @@ SPU_VENV   ?= .venv-spu
 SPU_PY     := $(SPU_VENV)/bin/python
 SPU_STAMP  := $(SPU_VENV)/.installed-stamp
 
-.PHONY: demo test install lint calibrate clean spu
+.PHONY: demo test install lint calibrate calibrate-spu clean spu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ demo: $(STAMP)
 # Needed whenever the secure engine changes what a primitive costs; a test names stale files.
 calibrate: $(STAMP)
 	for p in protocols/crypten-2pc-*.toml; do $(VENV)/bin/pi-lnfree cost --calibrate $$p || exit 1; done
+
+# The same for the SPU profiles (their parties run in .venv-spu; CHEETAH takes the longest).
+calibrate-spu: $(STAMP) $(SPU_STAMP)
+	for p in protocols/spu-*.toml; do $(VENV)/bin/pi-lnfree cost --calibrate $$p || exit 1; done
 
 $(SPU_STAMP):
 	@$(SPU_PYTHON) -c "import sys; sys.exit(0 if sys.version_info[:2] in ((3, 10), (3, 11)) else 1)" || \

@@ -344,20 +344,27 @@ def cost(
 ) -> None:
     """Predict secure-inference cost from calibrated per-operator unit costs (no MPC run).
 
-    Bytes and rounds of CrypTen depend only on shapes and protocol knobs: they are predicted from
-    unit costs measured once per profile (`--calibrate PROFILE`, stored as
-    protocols/PROFILE.calibration.json). Seconds are an estimate of local compute on the
-    calibration machine; LAN/WAN latency = compute + rounds x RTT + bytes / bandwidth.
+    Bytes and rounds of CrypTen and of SPU SEMI2K and ABY3 depend only on shapes and protocol
+    knobs: they are predicted exactly from unit costs measured once per profile (`--calibrate
+    PROFILE`, stored as protocols/PROFILE.calibration.json); SPU CHEETAH's are a least-squares
+    fit (its largest residual is in the calibration). Seconds are an estimate of local compute on
+    the calibration machine; LAN/WAN latency = compute + rounds x RTT + bytes / bandwidth.
     Prints the JSON shape of `secure-eval` (without fidelity) with "predicted": true.
     """
     if calibrate is not None:
         from pi_lnfree.secure.calibrate import calibrate as run_calibration
         from pi_lnfree.secure.crypten_compat import require_crypten
+        from pi_lnfree.secure.profile import load_profile
 
         if checkpoint or preset or variant or protocol or seq_len:
             raise UserError("--calibrate PROFILE takes no model, --protocol or --seq-len")
-        require_crypten()
-        console.print(f"calibrating {calibrate}: small secure runs of every primitive (a few minutes)")
+        if load_profile(calibrate).engine == "spu":
+            from pi_lnfree.secure.spu_engine import spu_python
+
+            spu_python()  # one line on how to install the SPU environment when it is missing
+        else:
+            require_crypten()
+        console.print(f"calibrating {calibrate}: small secure runs of every primitive (minutes; SPU CHEETAH longer)")
         result = run_calibration(calibrate)
         console.print(f"wrote {result['calibration']} ({result['points']} points, {result['calibration_seconds']} s)")
         emit(result, as_json)

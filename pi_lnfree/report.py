@@ -21,7 +21,8 @@ also "n/a" with that error as the reason; the report lists every reason under it
 With several profiles (`--protocol` repeated), the first one is the report's profile (its
 measured and predicted costs fill every per-family table); the secure-eval of every profile is
 gathered as `RUN_DIR.pieces["secure@STEM"]` and compared in the cross-engine table. The cost
-model is calibrated on CrypTen's protocols only: for an SPU profile it is "n/a" with that reason.
+model covers every shipped profile, CrypTen and SPU alike (SPU CHEETAH's bytes and rounds are a
+least-squares fit; the prediction says so).
 
 The tables (`pi_lnfree.tables`) and figures (`pi_lnfree.plots`) are written by
 `pi_lnfree.report_output`.
@@ -224,13 +225,6 @@ def skipped_reason(piece: str, run: RunResult, opts: ReportOptions) -> str | Non
         return "skipped (--secure-seq-len 0)"
     if piece == "cost" and opts.cost_seq_len == 0:
         return "skipped (--cost-seq-len 0)"
-    if piece == "cost":
-        from pi_lnfree.secure.profile import load_profile
-
-        engine = load_profile(opts.protocol).engine
-        if engine != "crypten":
-            return (f"the cost model is calibrated on CrypTen's protocols only; {Path(opts.protocol).stem} runs on "
-                    f"{engine} (its costs are measured by secure-eval)")
     return None
 
 

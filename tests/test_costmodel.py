@@ -18,12 +18,11 @@ from pi_lnfree.errors import UserError
 from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure import costmodel
 from pi_lnfree.secure.calibrate import design, fit, measure
+from pi_lnfree.secure.cost_features import PairwiseStage, max_schedule
 from pi_lnfree.secure.costmodel import (
     Calibration,
     Call,
-    PairwiseStage,
     load_calibration,
-    max_schedule,
     predicted_state,
     trace,
 )

@@ -209,9 +209,9 @@ def test_cross_engine_table_by_hand():
     assert tb.cross_engine_headers(df.columns)[:3] == ["config", "crypten-2pc-ttp\nMB", "\nrounds"]
 
 
-def test_several_profiles_bad_input_and_spu_cost_na(run_dirs, computed):
+def test_several_profiles_bad_input_and_spu_cost(run_dirs, computed):
     from pi_lnfree.errors import UserError
-    from pi_lnfree.report import skipped_reason
+    from pi_lnfree.report import compute_piece, skipped_reason
 
     with pytest.raises(UserError, match="given twice"):
         _options(secure_seq_len=8, compare=["crypten-2pc-tfp"]).validate()
@@ -219,7 +219,10 @@ def test_several_profiles_bad_input_and_spu_cost_na(run_dirs, computed):
         _options(compare=["spu-semi2k"]).validate()
     opts = _options(protocol="spu-semi2k")
     opts.validate()
-    assert "calibrated on CrypTen's protocols only" in skipped_reason("cost", open_run(run_dirs[0]), opts)
+    run = open_run(run_dirs[0])
+    assert skipped_reason("cost", run, opts) is None  # the cost model prices SPU profiles too
+    pred = compute_piece("cost", run, opts)
+    assert pred["predicted"] is True and pred["protocol"]["engine"] == "spu" and pred["calibration"]["exact"]
 
 
 @pytest.mark.slow

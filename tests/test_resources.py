@@ -55,9 +55,7 @@ def test_a_shipped_profile_is_found_by_name_from_any_folder(elsewhere):
 
 
 def test_every_shipped_profile_has_its_calibration_shipped(elsewhere):
-    for name in shipped_names(PROTOCOLS):
-        if load_profile(name).engine != "crypten":
-            continue  # the cost model prices CrypTen's protocols only
+    for name in shipped_names(PROTOCOLS):  # CrypTen and SPU profiles alike
         cal = calibration_path(name)
         assert cal == shipped_dir(PROTOCOLS) / f"{name}.calibration.json" and cal.is_file()
     cal = load_calibration(load_profile("crypten-2pc-ttp"))  # checked against the profile's knobs

@@ -8,7 +8,8 @@ others skip, saying so. With it:
 * the bytes of one matrix product equal the Beaver hand count, and of one ReLU SPU's own link
   total in its in-memory simulator;
 * a briefly trained tiny SM+LN+G checkpoint end to end under SEMI2K: logits vs plaintext, every
-  byte attributed to a category, and the server's view of the client's one-hot rows.
+  byte attributed to a category, the cost model's prediction of its costs (exact), and the
+  server's view of the client's one-hot rows.
 """
 
 from __future__ import annotations
@@ -88,15 +89,12 @@ def test_profile_keys_of_the_other_engine_are_refused():
         profile_from_dict({"protocol": {"name": "x", "engine": "spu", "provider": "none"}, "spu": {"protocol": "SPDZ"}})
 
 
-def test_cost_model_and_audit_refuse_spu_profiles():
-    """Both model CrypTen's protocols and approximations; an SPU profile is measured instead."""
+def test_audit_refuses_spu_profiles():
+    """The range audit models CrypTen's approximations; an SPU profile is measured instead."""
     from pi_lnfree.config import make_config
-    from pi_lnfree.secure import costmodel
     from pi_lnfree.secure.audit import audit
 
     profile = load_profile(SEMI2K)
-    with pytest.raises(UserError, match="crypten engine only.*secure-eval"):
-        costmodel.load_calibration(profile)
     cfg = make_config("tiny", "sm-r", vocab_size=64, block_size=16)
     with pytest.raises(UserError, match="crypten engine only"):
         audit(cfg, {}, profile, torch.zeros(1, 4, dtype=torch.long))
@@ -247,6 +245,22 @@ def test_end_to_end_costs_are_attributed(secure_run):
         assert (r["ops"][c]["bytes"] > 0) == (c != "other"), c
     assert r["total"]["bytes"] == sum(r["ops"][c]["bytes"] for c in CATEGORIES)
     assert r["spu"]["weight_sharing_bytes"] > 0 and r["spu"]["token_sharing_bytes_per_sequence"] > 0
+
+
+@pytest.mark.slow
+def test_cost_model_predicts_the_secure_run_exactly(secure_run):
+    """`pi-lnfree cost` from the shipped SEMI2K calibration gives this secure-eval's bytes, rounds
+    (send actions) and calls per category exactly (costs depend on shapes only)."""
+    from pi_lnfree.checkpoint import load_model
+    from pi_lnfree.secure.costmodel import predict
+
+    r = secure_run
+    cfg = load_model(r["checkpoint"], "cpu")[0].config
+    pred = predict(cfg, load_profile(SEMI2K), r["seq_len"])
+    for c in CATEGORIES:
+        for fld in ("bytes", "rounds", "calls"):
+            assert pred["ops"][c][fld] == r["ops"][c][fld], (c, fld)
+    assert pred["total"]["bytes"] == r["total"]["bytes"] and pred["total"]["rounds"] == r["total"]["rounds"]
 
 
 @pytest.mark.slow

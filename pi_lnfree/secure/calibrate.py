@@ -5,7 +5,7 @@ the profile asks for one), each metered primitive of `CryptenOps` at a designed 
 tiny shapes that pin down the byte and round coefficients exactly, and a few larger ones for the
 local-compute estimate. Each call is metered on its own (`Meter`, combined over both parties as
 secure-eval does), then `fit` regresses the measurements on the shape features of
-`pi_lnfree.secure.costmodel.features`: least squares for bytes and dealer bytes, integer
+`pi_lnfree.secure.cost_features.features`: least squares for bytes and dealer bytes, integer
 coefficients for rounds and dealer requests, non-negative least squares for seconds (the online
 phase's local compute) and offline seconds (making the call's tuples). Every item runs in two
 phases, as `secure-eval` does: its request trace, the offline phase, the metered online call. A kind whose
@@ -28,16 +28,23 @@ from typing import Any
 import numpy as np
 
 from pi_lnfree.errors import UserError
-from pi_lnfree.secure.costmodel import (
-    ACTIVATION_KINDS,
+from pi_lnfree.secure.calls import rotary_dims
+from pi_lnfree.secure.cost_features import (
     FIELD_GROUP,
     GROUPS,
-    INTEGER_FIELDS,
+    SPU_MMUL_LIMIT,
     TIME_FIELDS,
+    features,
+    field_vector,
+    on_traffic,
+    spu_share_bytes,
+)
+from pi_lnfree.secure.costmodel import (
+    ACTIVATION_KINDS,
+    INTEGER_FIELDS,
     Calibration,
     KindFit,
     calibration_path,
-    features,
     profile_knobs,
 )
 from pi_lnfree.secure.parties import launch_local, local_jobs
@@ -62,6 +69,10 @@ _TIMING: dict[str, list[dict[str, int]]] = {
     "activation": [dict(T=32, n=512), dict(T=128, n=1536)],
     "other": [dict(n=4096), dict(n=65536), dict(n=262144)],
 }
+# SPU's `other` also holds rotary positions, which cost communication there (`features`)
+_SPU_ROTARY = [(1, 2, 4, 2), (2, 3, 4, 4), (1, 5, 6, 2), (3, 2, 8, 4)]  # (H, T, hd, rd)
+_SPU_ROTARY_TIMING = [(4, 64, 32, 8), (12, 128, 64, 16)]
+CHEETAH_TIMING_SHAPES = 2  # CHEETAH times the first (smallest) shapes of each kind only: HE is slow
 
 
 def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]]:
@@ -81,15 +92,35 @@ def design(profile: ProtocolProfile, timing: bool = True) -> list[dict[str, Any]
     kinds = [f"activation:{a}" for a in ACTIVATION_KINDS]
     tiny += [(k, dict(T=T, n=n)) for k in kinds for T, n in [(1, 3), (2, 5), (3, 4)]]
     tiny += [("other", dict(n=n)) for n in (3, 50)]
+    spu = profile.engine == "spu"
+    if spu:
+        tiny += [("other", rotary_dims(*dims)) for dims in _SPU_ROTARY]
     items = [{"type": "call", "kind": k, "dims": d, "repeat": 1} for k, d in tiny]
     if timing:  # two repeats each: the faster one counts (the first call of a shape warms caches)
         for kind in sorted({k for k, _ in tiny}):
             shapes = _TIMING[kind.split(":")[0]]
-            if kind == "softmax" and profile.max_method == "pairwise":  # T^3 comparisons: keep it small
+            if kind == "softmax" and profile.max_method == "pairwise" and not spu:  # T^3 comparisons
                 shapes = [dict(H=1, T=32), dict(H=2, T=64), dict(H=1, T=128)]
+            if spu and kind == "other":
+                shapes = shapes[:2] + [rotary_dims(*dims) for dims in _SPU_ROTARY_TIMING]
+            if spu and profile.spu_protocol == "CHEETAH":
+                shapes = shapes[:CHEETAH_TIMING_SHAPES]
             for dims in shapes:
                 items.append({"type": "call", "kind": kind, "dims": dims, "repeat": 2})
+        if spu and profile.spu_protocol != "CHEETAH":
+            items += [{"type": "call", "kind": k, "dims": d, "repeat": 1} for k, d in spu_tiled_calls(profile)]
     return items
+
+
+def spu_tiled_calls(profile: ProtocolProfile) -> list[tuple[str, dict[str, int]]]:
+    """The cheapest embedding and LM head calls that SPU tiles (`cost_features.spu_mmul_blocks`):
+    operands just over its 256 MiB limit, split into two inner blocks (embedding) or 2 x 2 row and
+    column blocks (LM head). They fix the send actions of each block past the first; bytes follow
+    from the untiled unit costs, so the exact fit checks the tiling rule too. Not under CHEETAH
+    (its HE products at this size take hours on two cores): there a tiled call is refused."""
+    elements = SPU_MMUL_LIMIT // spu_share_bytes(profile.spu_protocol, profile.spu_field)
+    return [("embedding", dict(T=2, V=elements // 4 + 1024, d=2, pos=0)),
+            ("lm_head", dict(T=2, d=16, V=elements // 16 + 1024))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,54 +141,14 @@ def _share(shape, src: int, rank: int, scale: float = 0.5, positive: bool = Fals
     return crypten_compat.cryptensor(t, src=src, device=device)
 
 
-def _run_call(ops, kind: str, dims: dict[str, int], rank: int):
-    """Share inputs of the right shapes on `ops.device` (outside the meter), then return the
-    thunk that runs one metered primitive."""
-    from functools import partial
+def _call_builder(ops, kind: str, dims: dict[str, int], rank: int):
+    """`pi_lnfree.secure.calls.call_thunk` with CrypTen's sharing on `ops.device`."""
+    from pi_lnfree.secure.calls import call_thunk
 
-    share = partial(_share, device=ops.device)
-    g = dims.get
-    if kind == "embedding":
-        table = share((g("V"), g("d")), SERVER, rank)
-        pos = share((g("T"), g("d")), SERVER, rank) if g("pos") else None
-        x = share((1, g("T"), g("V")), CLIENT, rank)
-        return lambda: ops.embedding(x, table, pos)
-    if kind in ("linear", "lm_head"):
-        n_in, n_out = (g("i"), g("o")) if kind == "linear" else (g("d"), g("V"))
-        w = share((n_out, n_in), SERVER, rank).t()
-        x = share((1, g("T"), n_in), CLIENT, rank)
-        if kind == "lm_head":
-            return lambda: ops.lm_head(x, w, reveal_to=CLIENT)
-        b = share((n_out,), SERVER, rank) if g("bias") else None
-        return lambda: ops.linear(x, w, b)
-    if kind in ("attention_scores", "attention_mix"):
-        H, T, hd = g("H"), g("T"), g("hd")
-        v = share((1, H, T, hd), CLIENT, rank)
-        if kind == "attention_scores":
-            k = share((1, H, T, hd), CLIENT, rank)
-            return lambda: ops.attention_scores(v, k)
-        p = share((1, H, T, T), CLIENT, rank, positive=True)
-        return lambda: ops.attention_mix(p, v)
-    if kind == "softmax":
-        s = share((1, g("H"), g("T"), g("T")), CLIENT, rank, scale=2.0)
-        return lambda: ops.softmax(s)
-    if kind == "layernorm":
-        x = share((1, g("T"), g("d")), CLIENT, rank)
-        gamma, beta = share((g("d"),), SERVER, rank), share((g("d"),), SERVER, rank)
-        return lambda: ops.layernorm(x, gamma, beta, 1e-5)
-    if kind == "dyt":
-        x = share((1, g("T"), g("d")), CLIENT, rank)
-        alpha, gamma, beta = (share(shape, SERVER, rank) for shape in ((1,), (g("d"),), (g("d"),)))
-        return lambda: ops.dyt(x, alpha, gamma, beta)
-    if kind.startswith("activation:"):
-        name = kind.split(":", 1)[1]
-        x = share((1, g("T"), g("n")), CLIENT, rank, scale=2.0)
-        slope = share((1,), SERVER, rank, scale=0.05)[0] if name == "learnable_leaky" else 0.01
-        return lambda: ops.activation(x, name, slope)
-    if kind == "other":
-        a, b = share((g("n"),), CLIENT, rank), share((g("n"),), CLIENT, rank)
-        return lambda: ops.other(lambda u, w: u + w, a, b)
-    raise ValueError(f"unknown primitive kind {kind!r}")
+    def share(shape, owner, scale=0.5, positive=False):
+        return _share(shape, owner, rank, scale, positive, device=ops.device)
+
+    return call_thunk(ops, kind, dims, share)
 
 
 def _model_builder(item: dict[str, Any], profile, rank: int):
@@ -226,7 +217,7 @@ def _party_items(rank: int, profile, items: list[dict[str, Any]]) -> list[list[d
     for item in items:
         if item["type"] == "call":
             def build(meter, device, item=item):
-                return _run_call(CryptenOps(meter, profile, device), item["kind"], item["dims"], rank)
+                return _call_builder(CryptenOps(meter, profile, device), item["kind"], item["dims"], rank)
 
             repeats = int(item.get("repeat", 1))
         else:
@@ -256,7 +247,13 @@ def measure(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: fl
 
     Items: `{"type": "call", "kind", "dims", "repeat"}` (one primitive, see `design`),
     `{"type": "forward", "config": dict, "T"}` (a secure forward with random weights and tokens)
-    or `{"type": "block", "config": dict, "T", "layer"}` (one block on a random shared input)."""
+    or `{"type": "block", "config": dict, "T", "layer"}` (one block on a random shared input).
+    An SPU profile runs them in SPU parties (`spu_engine.measure_local`), combined as SPU's
+    secure-eval combines its parties (`meter.combine_senders`, no offline phase)."""
+    if profile.engine == "spu":
+        from pi_lnfree.secure.spu_engine import measure_local
+
+        return measure_local(profile, items, timeout_s)[0]
     jobs = local_jobs(profile, timeout_s, program=f"{__name__}:party_program", payload=items)
     return launch_local(jobs, timeout_s)[CLIENT]
 
@@ -278,19 +275,42 @@ def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], max_method: str) -> KindFit:
-    """Fit one kind's unit costs on `(dims, measured record)` points; raises `UserError` when the
-    features do not reproduce a measured byte or round count exactly."""
-    feats = [features(kind, dims, max_method) for dims, _ in points]
+def _relative_lstsq(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares of the relative residuals (rows weighted by 1 / max(y, 1)): coefficients and
+    the largest |fit - y| / max(y, 1)."""
+    w = 1.0 / np.maximum(np.abs(y), 1.0)
+    scale = np.maximum(np.abs(a).max(axis=0), 1.0)
+    c, *_ = np.linalg.lstsq(a / scale * w[:, None], y * w, rcond=None)
+    c = c / scale
+    return c, float((np.abs(a @ c - y) * w).max(initial=0.0))
+
+
+def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], max_method: str,
+             engine: str = "crypten", exact: tuple[str, ...] = EXACT_FIELDS, share_bytes: int = 8) -> KindFit:
+    """Fit one kind's unit costs on `(dims, measured record)` points (`features` of `engine`);
+    raises `UserError` when the features do not reproduce a measured count of an `exact` field
+    (`exact_fields`) exactly. The other count fields (SPU CHEETAH's bytes and rounds, ABY3's
+    rounds) are fitted by relative least squares instead (CHEETAH's on the size and count
+    features together, `cost_features.on_traffic`), each keeping its largest relative residual in
+    `KindFit.residual`; fields absent from the records (an SPU run has no offline
+    phase) get no coefficients."""
+    feats = [features(kind, dims, max_method, engine, share_bytes) for dims, _ in points]
     names = {g: list(feats[0][g]) for g in GROUPS}
     rows = {g: np.asarray([[f[g][n] for n in names[g]] for f in feats], dtype=np.float64) for g in GROUPS}
     coef: dict[str, list[float]] = {}
+    residual: dict[str, float] = {}
     for fld, group in FIELD_GROUP.items():
+        if fld not in points[0][1]:
+            continue
         a = rows[group]
         y = np.asarray([rec[fld] for _, rec in points], dtype=np.float64)
         scale = np.maximum(np.abs(a).max(axis=0), 1.0)
         if fld in TIME_FIELDS:
             c = _nnls(a / scale, y) / scale
+        elif fld not in exact:
+            fitted = [f for f in FIELD_GROUP if f not in exact and f not in TIME_FIELDS]
+            a = np.asarray([field_vector(fld, f, names, on_traffic(fld, fitted)) for f in feats], dtype=np.float64)
+            c, residual[fld] = _relative_lstsq(a, y)
         else:
             c, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
             c = c / scale
@@ -307,23 +327,45 @@ def fit_kind(kind: str, points: list[tuple[dict[str, int], dict[str, float]]], m
                 )
         coef[fld] = [float(v) for v in c]
     design = {g: rows[g].tolist() for g in ("size", "count")}
-    return KindFit(names, coef, design)
+    return KindFit(names, coef, design, residual)
+
+
+def exact_fields(profile: ProtocolProfile) -> tuple[str, ...]:
+    """The count fields of `EXACT_FIELDS` that are exact functions of the shape features under
+    `profile`: all of them under CrypTen and SPU SEMI2K. Under SPU ABY3 the bytes are, the rounds
+    (send actions of the busiest party) are not: its probabilistic truncation and its OT-based
+    share conversions draw each call's party roles from a shared PRG (SPU 0.9.5,
+    `libspu/mpc/aby3/arithmetic.cc`, `pivot % 3`), so which party sends most varies from call to
+    call. Under SPU CHEETAH neither is (its HE products pack elements into ciphertexts of a fixed
+    number of slots, and its silent-OT correlations are made in batches whose refill is charged
+    to whichever operator drains the pool)."""
+    if profile.engine != "spu" or profile.spu_protocol == "SEMI2K":
+        return EXACT_FIELDS
+    if profile.spu_protocol == "ABY3":
+        return tuple(f for f in EXACT_FIELDS if f != "rounds")
+    return tuple(f for f in EXACT_FIELDS if f not in ("bytes", "rounds"))
 
 
 def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[list[dict]]) -> Calibration:
-    """Per-kind fits of the measured calls (bytes/rounds from every repeat must agree)."""
+    """Per-kind fits of the measured calls. Counts of every repeat must agree where they are
+    exact (`exact_fields`); otherwise their mean counts. Seconds: the fastest repeat."""
+    exact = exact_fields(profile)
     by_kind: dict[str, list[tuple[dict[str, int], dict[str, float]]]] = {}
     for item, states in zip(items, measured, strict=True):
         if item["type"] != "call":
             continue
-        recs = [dict(s["ops"][_category(item["kind"])], offline_seconds=s["offline"]["seconds"]) for s in states]
+        recs = [dict(s["ops"][_category(item["kind"])]) for s in states]
+        if all("offline" in s for s in states):
+            for rec, s in zip(recs, states, strict=True):
+                rec["offline_seconds"] = s["offline"]["seconds"]
         for rec in recs[1:]:
-            if any(rec[f] != recs[0][f] for f in EXACT_FIELDS):
+            if any(rec[f] != recs[0][f] for f in exact):
                 raise UserError(f"calibration: {item['kind']} at {item['dims']} cost differently on repeat")
-        best = dict(recs[0], seconds=min(r["seconds"] for r in recs),
-                    offline_seconds=min(r["offline_seconds"] for r in recs))
+        best = dict(recs[0], **{f: sum(r[f] for r in recs) / len(recs) for f in EXACT_FIELDS})
+        best.update({f: min(r[f] for r in recs) for f in TIME_FIELDS if f in best})
         by_kind.setdefault(item["kind"], []).append((item["dims"], best))
-    kinds = {k: fit_kind(k, pts, profile.max_method) for k, pts in by_kind.items()}
+    share_bytes = spu_share_bytes(profile.spu_protocol, profile.spu_field) if profile.engine == "spu" else 8
+    kinds = {k: fit_kind(k, pts, profile.max_method, profile.engine, exact, share_bytes) for k, pts in by_kind.items()}
     return Calibration(profile_knobs(profile), kinds)
 
 
@@ -341,18 +383,27 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     from importlib.metadata import version
 
     profile = load_profile(profile_path)
-    profile.require_crypten("the cost model")
     items = design(profile)
     t0 = time.perf_counter()
-    measured = measure(profile, items, timeout_s)
+    engine = {}
+    if profile.engine == "spu":
+        from pi_lnfree.secure.spu_engine import measure_local
+
+        measured, engine["spu"] = measure_local(profile, items, timeout_s)
+    else:
+        measured, engine["crypten"] = measure(profile, items, timeout_s), version("crypten")
     cal = fit(profile, items, measured)
     cal.meta = {
         "profile": profile.name,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count() or 1} CPUs",
-        "crypten": version("crypten"),
+        # seconds are local compute on this machine, measured while it had this load
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **engine,
         "torch": version("torch"),
         "points": len(items),
+        "exact": cal.exact,
+        "max_relative_residual": cal.max_residual(),
         "calibration_seconds": round(time.perf_counter() - t0, 1),
         "command": f"pi-lnfree cost --calibrate {profile_path}",
     }
@@ -361,4 +412,4 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     return {"profile": profile.name, "calibration": str(path), "kinds": sorted(cal.kinds), **cal.meta}
 
 
-__all__ = ["calibrate", "design", "fit", "fit_kind", "measure", "party_program"]
+__all__ = ["calibrate", "design", "exact_fields", "fit", "fit_kind", "measure", "party_program"]

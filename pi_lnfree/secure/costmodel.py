@@ -1,18 +1,20 @@
 """Predicted secure-inference cost: calibrated per-primitive unit costs, composed over a model.
 
-CrypTen's communication depends only on tensor shapes and protocol knobs, never on values. The
-secure forward (`pi_lnfree.secure.structure.Decoder` on `CryptenOps`) calls nothing but the
-metered primitives of its backend, so its cost is the sum of the costs of those calls:
+CrypTen's communication depends only on tensor shapes and protocol knobs, never on values; so
+does SecretFlow SPU's. The secure forward (`pi_lnfree.secure.structure.Decoder` on `CryptenOps`
+or `SpuOps`) calls nothing but the metered primitives of its backend, so its cost is the sum of
+the costs of those calls:
 
 1. `trace(cfg, T)` lists the primitive calls of one forward pass (kind + shape dims) by running
    the decoder structure (`pi_lnfree.secure.structure`) on the recording backend: the same code
    the secure engine runs, on shapes.
-2. `features(kind, dims, max_method)` turns one call into shape features in three groups:
-   `size` (element counts: bytes and dealer bytes are linear in them), `count` (call constants
-   and reduction depths: rounds and dealer requests are linear in them) and `time` (elements and
-   multiply-adds: the local compute estimate). The softmax's row max follows CrypTen's algorithm:
-   `int(ln T)` pairwise compare-and-select halvings (`log_reduction`; none for `pairwise`), then
-   an all-pairs max over what is left, whose `prod` tree has ceil(log2(m-1)) levels; the
+2. `features(kind, dims, max_method)` (`pi_lnfree.secure.cost_features`) turns one call into
+   shape features in three groups: `size` (element counts: bytes and dealer bytes are linear in
+   them), `count` (call constants and reduction depths: rounds and dealer requests are linear in
+   them) and `time` (elements and multiply-adds: the local compute estimate). The softmax's
+   row max follows CrypTen's algorithm: `int(ln T)` pairwise compare-and-select halvings
+   (`log_reduction`; none for `pairwise`), then an all-pairs max over what is left, whose
+   `prod` tree has ceil(log2(m-1)) levels; the
    `double_log_reduction` and `accelerated_cascade` methods run several all-pairs stages in
    sequence (`max_schedule`).
 3. A `Calibration` (one JSON file per protocol profile, `protocols/<profile>.calibration.json`,
@@ -28,13 +30,24 @@ metered primitives of its backend, so its cost is the sum of the costs of those 
    offline phase is the dealer's share of every tuple (the calibrated `dealer_bytes`, exact) in
    one round trip under TTP, nothing on the wire under TFP, and `offline_seconds`, fitted like
    `seconds` on the time features from the offline phase of each calibration call.
+
+SPU profiles (`engine = "spu"`): the same trace, kinds and categories; the calibration runs in
+SPU parties (`pi_lnfree.secure.spu_measure`), bytes are what all parties sent and rounds the
+busiest party's send actions, per call, as SPU's secure-eval meters them (without sharing the
+inputs). Several kinds take SPU's own features (`cost_features`): products (SPU tiles a large
+one), attention, the softmax (SPU's row max is a halving tree) and `other` (rotary positions talk
+under SPU). SEMI2K's bytes and rounds and ABY3's bytes are exact; ABY3's rounds (random party
+roles per call) and CHEETAH's bytes and rounds (HE packing into fixed-size ciphertexts, silent-OT
+batches charged to whichever call drains them) are a relative least-squares fit, whose largest
+relative residual on the calibration design each kind keeps (`KindFit.residual`) and each
+prediction reports (`calibrate.exact_fields`). SPU has no offline phase in secure-eval, so its
+predictions have none either.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,21 +61,24 @@ from pi_lnfree.errors import UserError
 from pi_lnfree.files import write_json
 from pi_lnfree.resources import protocol_file
 from pi_lnfree.secure.backends.recorder import Call, RecorderOps, Shape
+from pi_lnfree.secure.cost_features import (
+    FIELD_GROUP,
+    SPU_MMUL_LIMIT,
+    TIME_FIELDS,
+    features,
+    field_vector,
+    on_traffic,
+    spu_share_bytes,
+)
 from pi_lnfree.secure.meter import empty_ops, total_of
 from pi_lnfree.secure.profile import ProtocolProfile
 from pi_lnfree.secure.structure import Decoder, check_supported, load_weights
 
 FORMAT = 2
-GROUPS = ("size", "count", "time")
-# which feature group each metered field is fitted on
-FIELD_GROUP = {"bytes": "size", "dealer_bytes": "size", "rounds": "count", "dealer_requests": "count",
-               "seconds": "time", "offline_seconds": "time"}
-TIME_FIELDS = ("seconds", "offline_seconds")  # estimates (non-negative fits), not exact counts
 # fields of the meter's per-category records (`offline_seconds` is a phase total, not per category)
 OPS_FIELDS = ("bytes", "dealer_bytes", "rounds", "dealer_requests", "seconds")
 INTEGER_FIELDS = ("rounds", "dealer_requests")
 ACTIVATION_KINDS = ACTIVATIONS  # one calibrated kind per FFN activation: activation:<name>
-PAIRWISE_PROD_LIMIT = 128  # CrypTen: all-pairs max multiplies (prod) below this, sums and compares above
 # profile fields that do not change costs; every other field is a knob a calibration is tied to
 NOT_KNOBS = ("name", "description", "path")
 
@@ -81,149 +97,6 @@ def trace(cfg: ModelConfig, T: int, layer: int | None = None) -> list[Call]:
     else:
         decoder.block(layer, Shape((1, T, cfg.n_embd)))
     return ops.calls
-
-
-# ---------------------------------------------------------------------------------------------
-# shape features
-
-
-@dataclass(frozen=True)
-class PairwiseStage:
-    """One all-pairs max (CrypTen's `pairwise` method) over rows of length `m`; each row of the
-    input is `mult` rows here (the double-log recursion folds blocks of a row into rows)."""
-
-    mult: int
-    m: int
-
-    @property
-    def row_length(self) -> int:  # CrypTen treats a single entry as a row of 2
-        return self.m if self.m > 1 else 2
-
-    @property
-    def sums(self) -> bool:
-        """True when the all-pairs max sums its comparisons instead of multiplying them."""
-        return self.row_length - 1 >= PAIRWISE_PROD_LIMIT
-
-    @property
-    def prod_levels(self) -> int:
-        """Sequential multiplications of CrypTen's `prod` tree over row_length - 1 factors."""
-        if self.sums:
-            return 0
-        k, levels = self.row_length - 1, 0
-        while k > 1:
-            k, levels = k // 2 + k % 2, levels + 1
-        return levels
-
-
-@dataclass(frozen=True)
-class MaxSchedule:
-    """How CrypTen's max over rows of length T proceeds: `steps` compare-and-select halvings with
-    `tree_pairs` pairs per row in total, then all-pairs maxima (`stages`, in sequence)."""
-
-    steps: int
-    tree_pairs: int
-    stages: tuple[PairwiseStage, ...]
-
-
-def _double_log_stages(n: int, mult: int) -> list[PairwiseStage]:
-    """CrypTen's `_max_helper_double_log_recursive`: blocks of isqrt(n) recursively, then one
-    all-pairs max over the block maxima and the remainder."""
-    if n == 1:
-        return []
-    root = int(math.sqrt(n))
-    count = n // root
-    return [*_double_log_stages(root, mult * count), PairwiseStage(mult, count + n % root)]
-
-
-def _halvings(T: int, steps: int) -> tuple[int, int]:
-    """(pairs compared, entries left) after `steps` compare-and-select halvings of T entries."""
-    m, pairs = T, 0
-    for _ in range(max(steps, 0)):
-        pairs += m // 2
-        m = m // 2 + m % 2
-    return pairs, m
-
-
-def max_schedule(T: int, method: str) -> MaxSchedule:
-    """The reduction schedule of `crypten_compat.row_max` for rows of length T (CrypTen 0.4.1's
-    `maximum.py`, method by method)."""
-    if method == "pairwise":
-        return MaxSchedule(0, 0, (PairwiseStage(1, T),))
-    if method == "log_reduction":
-        steps = int(math.log(T)) if T > 1 else 0
-        pairs, m = _halvings(T, steps)
-        return MaxSchedule(steps, pairs, (PairwiseStage(1, m),))
-    if method == "double_log_reduction":
-        return MaxSchedule(0, 0, tuple(_double_log_stages(T, 1)))
-    if method == "accelerated_cascade":
-        if T < 3:
-            return MaxSchedule(0, 0, (PairwiseStage(1, T),))
-        steps = max(int(math.log(math.log(math.log(T)))) + 1, 0)
-        pairs, m = _halvings(T, steps)
-        return MaxSchedule(steps, pairs, tuple(_double_log_stages(m, 1)))
-    raise UserError(f"unknown max_method {method!r}")
-
-
-def _matmul_features(n_x: int, n_w: int, n_y: int, macs: int) -> dict[str, dict[str, float]]:
-    return {
-        "size": {"x": n_x, "w": n_w, "y": n_y, "one": 1},
-        "count": {"one": 1},
-        "time": {"macs": macs, "operands": n_x + n_w, "y": n_y, "one": 1},
-    }
-
-
-def features(kind: str, dims: dict[str, int], max_method: str) -> dict[str, dict[str, float]]:
-    """Shape features of one call, by group (see the module docstring)."""
-    g = dims.get
-    if kind == "embedding":
-        return _matmul_features(g("T") * g("V"), g("V") * g("d"), g("T") * g("d"), g("T") * g("V") * g("d"))
-    if kind == "linear":
-        return _matmul_features(g("T") * g("i"), g("i") * g("o"), g("T") * g("o"), g("T") * g("i") * g("o"))
-    if kind == "lm_head":
-        return _matmul_features(g("T") * g("d"), g("d") * g("V"), g("T") * g("V"), g("T") * g("d") * g("V"))
-    if kind in ("attention_scores", "attention_mix"):
-        qkv, scores = g("H") * g("T") * g("hd"), g("H") * g("T") * g("T")
-        return {
-            "size": {"qkv": qkv, "scores": scores, "one": 1},
-            "count": {"one": 1},
-            "time": {"macs": scores * g("hd"), "qkv": qkv, "scores": scores, "one": 1},
-        }
-    if kind == "softmax":
-        T, rows = g("T"), g("H") * g("T")
-        s = max_schedule(T, max_method)
-        pw = [(rows * st.mult, st) for st in s.stages]  # (rows of the stage, stage)
-        pairs = sum(r * st.m * (st.row_length - 1) for r, st in pw)
-        return {
-            "size": {
-                "elements": rows * T, "rows": rows, "tree": rows * s.tree_pairs, "pairs": pairs,
-                "prod": sum(r * st.m * (st.row_length - 2) for r, st in pw if not st.sums),
-                "survivors": sum(r * st.m for r, st in pw),
-                "sums": sum(r * st.m for r, st in pw if st.sums),
-                "stage_rows": sum(r for r, _ in pw),
-                "one": 1,
-            },
-            "count": {"one": 1, "steps": s.steps, "stages": len(s.stages),
-                      "prod_levels": sum(st.prod_levels for st in s.stages),
-                      "sums": sum(int(st.sums) for st in s.stages)},
-            "time": {"elements": rows * T, "tree": rows * s.tree_pairs, "pairs": pairs, "rows": rows, "one": 1},
-        }
-    if kind == "layernorm":
-        n = g("T") * g("d")
-        return {
-            "size": {"elements": n, "rows": g("T"), "width": g("d"), "one": 1},
-            "count": {"one": 1},
-            "time": {"elements": n, "rows": g("T"), "one": 1},
-        }
-    if kind == "dyt":
-        n = g("T") * g("d")
-        return {"size": {"elements": n, "width": g("d"), "one": 1}, "count": {"one": 1},
-                "time": {"elements": n, "one": 1}}
-    if kind.startswith("activation:"):
-        n = g("T") * g("n")
-        return {"size": {"elements": n, "one": 1}, "count": {"one": 1}, "time": {"elements": n, "one": 1}}
-    if kind == "other":
-        return {"size": {"elements": g("n"), "one": 1}, "count": {"one": 1}, "time": {"elements": g("n"), "one": 1}}
-    raise ValueError(f"unknown primitive kind {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +122,10 @@ class KindFit:
     features: dict[str, list[str]]  # group -> feature names (order of the coefficients)
     coef: dict[str, list[float]]  # field -> coefficients
     design: dict[str, list[list[float]]]  # group -> the feature rows the fit saw (size, count)
+    # field -> largest |fit - measured| / measured over the design, for a kind whose bytes or
+    # rounds are fitted by least squares (`on_traffic`) instead of explained exactly (SPU
+    # CHEETAH, ABY3's rounds); else empty
+    residual: dict[str, float] = field(default_factory=dict)
 
     def check_span(self, kind: str, feats: dict[str, dict[str, float]]) -> None:
         """Refuse a call whose size/count features are not combinations of the calibrated ones."""
@@ -259,9 +136,13 @@ class KindFit:
             coef, *_ = np.linalg.lstsq((rows / scale).T, q / scale, rcond=None)
             resid = np.abs((rows / scale).T @ coef - q / scale).max(initial=0.0)
             if resid > 1e-6 * max(1.0, float(np.abs(q / scale).max(initial=0.0))):
+                tiled = feats["count"].get("blocks", 0) > 0
+                why = (f"SPU tiles this product into {feats['count']['blocks'] + 1:.0f} blocks (its operands' "
+                       f"shares exceed {SPU_MMUL_LIMIT >> 20} MiB) and the calibration measured no tiled product, "
+                       "so its cost is beyond the calibrated regime") if tiled else "recalibrate (pi-lnfree cost --calibrate)"
                 raise UserError(
-                    f"the calibration does not cover a {kind} call with {group} features "
-                    f"{dict(zip(self.features[group], q.tolist(), strict=True))}; recalibrate (pi-lnfree cost --calibrate)"
+                    f"the calibration does not cover this {kind} call, with {group} features "
+                    f"{dict(zip(self.features[group], q.tolist(), strict=True))}; {why}"
                 )
 
 
@@ -279,7 +160,8 @@ class Calibration:
             "format": FORMAT,
             "knobs": self.knobs,
             "meta": self.meta,
-            "kinds": {k: {"features": f.features, "coef": f.coef, "design": f.design} for k, f in self.kinds.items()},
+            "kinds": {k: {"features": f.features, "coef": f.coef, "design": f.design,
+                          **({"residual": f.residual} if f.residual else {})} for k, f in self.kinds.items()},
         }
 
     def save(self, path: str | Path) -> None:
@@ -295,7 +177,8 @@ class Calibration:
             data = json.loads(path.read_text())
             if data.get("format") != FORMAT:
                 raise UserError(f"{path}: calibration format {data.get('format')!r}, expected {FORMAT}; recalibrate")
-            kinds = {k: KindFit(v["features"], v["coef"], v["design"]) for k, v in data["kinds"].items()}
+            kinds = {k: KindFit(v["features"], v["coef"], v["design"], dict(v.get("residual", {})))
+                     for k, v in data["kinds"].items()}
             return cls(dict(data["knobs"]), kinds, dict(data.get("meta", {})), str(path))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{path}: not a readable calibration file ({type(e).__name__}: {e})") from None
@@ -309,20 +192,46 @@ class Calibration:
             raise UserError(f"calibration {self.path} does not match profile {profile.name} ({pairs}); "
                             f"run pi-lnfree cost --calibrate {profile.path or profile.name}")
 
+    @property
+    def engine(self) -> str:
+        """The engine of the calibrated profile ("crypten" or "spu")."""
+        return self.knobs.get("engine", "crypten")
+
+    @property
+    def share_bytes(self) -> int:
+        """Bytes of one party's share of one ring element (`spu_share_bytes`; 8 under CrypTen,
+        where no feature uses it)."""
+        if self.engine != "spu":
+            return 8
+        return spu_share_bytes(self.knobs["spu_protocol"], self.knobs["spu_field"])
+
+    @property
+    def exact(self) -> bool:
+        """False when some kind's bytes or rounds are a least-squares fit (`KindFit.residual`)."""
+        return not any(f.residual for f in self.kinds.values())
+
+    def max_residual(self) -> dict[str, float]:
+        """Per field, the largest relative residual of a least-squares fit over all kinds."""
+        out: dict[str, float] = {}
+        for f in self.kinds.values():
+            for fld, r in f.residual.items():
+                out[fld] = max(out.get(fld, 0.0), float(r))
+        return out
+
     def call_cost(self, call: Call) -> dict[str, float | None]:
         """Predicted bytes, rounds, seconds, dealer traffic and offline seconds of one call
         (`offline_seconds` None for a calibration made before calls ran in two phases)."""
         fit = self.kinds.get(call.kind)
         if fit is None:
             raise UserError(f"calibration {self.path} has no unit costs for {call.kind}; recalibrate")
-        feats = features(call.kind, call.d, self.knobs["max_method"])
+        feats = features(call.kind, call.d, self.knobs["max_method"], self.engine, self.share_bytes)
         fit.check_span(call.kind, feats)
         out: dict[str, float] = {}
-        for fld, group in FIELD_GROUP.items():
+        for fld in FIELD_GROUP:
             if fld not in fit.coef:
                 out[fld] = None
                 continue
-            x = [feats[group][n] for n in fit.features[group]]
+            x = field_vector(fld, feats, fit.features, on_traffic(fld, fit.residual))
             value = float(np.dot(np.asarray(fit.coef[fld], dtype=np.float64), np.asarray(x, dtype=np.float64)))
             # counters are whole numbers (bytes: multiples of 4 once both parties are halved)
             out[fld] = float(max(round(value), 0)) if fld not in TIME_FIELDS else max(value, 0.0)
@@ -330,8 +239,8 @@ class Calibration:
 
 
 def load_calibration(profile: ProtocolProfile, path: str | Path | None = None) -> Calibration:
-    """The calibration stored next to `profile` (or at `path`), checked against its knobs."""
-    profile.require_crypten("the cost model")
+    """The calibration stored next to `profile` (or at `path`), checked against its knobs (the
+    engine and every protocol knob, so a calibration of another profile is refused)."""
     if path is None:
         if profile.path is None:
             raise UserError(f"profile {profile.name} has no file; give the calibration path")
@@ -374,9 +283,29 @@ def predict_offline(calls: list[Call], cal: Calibration, provider: str) -> dict[
 
 def predicted_state(calls: list[Call], cal: Calibration, provider: str = "TTP") -> dict[str, Any]:
     """A combined meter state (`{"ops", "span"}`) as `meter.combine_parties` would give it, with
-    the predicted `offline` phase."""
+    the predicted `offline` phase under CrypTen (SPU's secure-eval reports no phases: SEMI2K's
+    TrustedFirstParty triples cost no traffic, CHEETAH and ABY3 make their correlations online)."""
     ops = predict_ops(calls, cal)
-    return {"ops": ops, "span": total_of(ops), "offline": predict_offline(calls, cal, provider)}
+    state = {"ops": ops, "span": total_of(ops)}
+    if cal.engine == "crypten":
+        state["offline"] = predict_offline(calls, cal, provider)
+    return state
+
+
+def _notes(profile: ProtocolProfile, cal: Calibration) -> str:
+    """What the predicted numbers are (the result's `seconds_note`)."""
+    secs = "seconds are an estimate of local compute on the calibration machine; "
+    if cal.engine == "crypten":
+        return secs + "bytes and rounds are exact predictions of CrypTen's traffic"
+    worst = cal.max_residual()
+    exact = [f for f in ("bytes", "rounds") if f not in worst]
+    fitted = [f"{f} (largest relative residual on the calibration design {worst[f]:.1%})" for f in ("bytes", "rounds")
+              if f in worst]
+    parts = [f"{' and '.join(exact)} {'is' if len(exact) == 1 else 'are'} exact"] if exact else []
+    if fitted:
+        parts.append(f"{' and '.join(fitted)} {'is' if len(fitted) == 1 else 'are'} a least-squares fit")
+    return (secs + "; ".join(parts) + f" (SPU {profile.spu_protocol}'s traffic without sharing the inputs; rounds: "
+            "send actions of the busiest party)")
 
 
 def predict(
@@ -401,10 +330,12 @@ def predict(
         "checkpoint": str(checkpoint) if checkpoint else None,
         **cost_result(cfg, profile, [state], seq_len, 1, "none needed: costs depend on shapes only", networks),
         "predicted": True,
-        "calibration": {"path": cal.path, **{k: cal.meta.get(k) for k in ("created", "machine", "crypten")}},
-        "seconds_note": ("seconds are an estimate of local compute on the calibration machine; "
-                         "bytes and rounds are exact predictions of CrypTen's traffic"),
-        "parties": {"mode": "predicted (no parties run)", "world_size": 2, "dealer": profile.provider == "TTP"},
+        "calibration": {"path": cal.path, "exact": cal.exact, "max_relative_residual": cal.max_residual(),
+                        **{k: cal.meta.get(k) for k in ("created", "machine", "load_average", cal.engine)}},
+        "seconds_note": _notes(profile, cal),
+        "parties": {"mode": "predicted (no parties run)", "world_size": profile.world_size,
+                    "dealer": cal.engine == "crypten" and profile.provider == "TTP",
+                    **({"engine": "spu"} if cal.engine == "spu" else {})},
         "weight_sharing_seconds": None,
     }
     result["wall_seconds"] = time.perf_counter() - t0
@@ -445,12 +376,8 @@ __all__ = [
     "Calibration",
     "Call",
     "KindFit",
-    "MaxSchedule",
-    "PairwiseStage",
     "calibration_path",
-    "features",
     "load_calibration",
-    "max_schedule",
     "predict",
     "predict_ops",
     "predicted_state",

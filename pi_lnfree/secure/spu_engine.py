@@ -91,8 +91,10 @@ def _package_path(tmp: Path) -> Path:
     return folder
 
 
-def launch_parties(jobs: dict[int, dict[str, Any]], timeout_s: float, tmp: Path, on_start=None) -> dict[int, Any]:
-    """Run one SPU party process per job (rank -> job dict); rank -> (its result value, its output
+def launch_parties(jobs: dict[int, dict[str, Any]], timeout_s: float, tmp: Path, on_start=None,
+                   module: str = "pi_lnfree.secure.spu_party") -> dict[int, Any]:
+    """Run one SPU party process per job (rank -> job dict), each `python -m module JOB OUT`
+    (the secure forward, or `pi_lnfree.secure.spu_measure`); rank -> (its result value, its output
     folder). Raises `PartyFailure` naming every party that failed; once one failed, the others
     get `timeout_s` seconds to stop on their own, then are killed."""
     python = spu_python()
@@ -103,7 +105,7 @@ def launch_parties(jobs: dict[int, dict[str, Any]], timeout_s: float, tmp: Path,
         out = tmp / f"party{rank}"
         out.mkdir()
         (out / "job.json").write_text(json.dumps(jobs[rank]))
-        argv = [str(python), "-m", "pi_lnfree.secure.spu_party", str(out / "job.json"), str(out)]
+        argv = [str(python), "-m", module, str(out / "job.json"), str(out)]
         return argv, out / "result.json", {"stdout": subprocess.DEVNULL, "stderr": None, "env": env, "cwd": str(out)}
 
     outs = supervise(start, list(jobs), timeout_s, on_start, read=_read_json, label=party_label)
@@ -241,6 +243,26 @@ def secure_eval_distributed(checkpoint, profile: ProtocolProfile, spec: dict[str
     return result
 
 
+def measure_local(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: float) -> tuple[list[list[dict]], str]:
+    """Run measuring `items` (`pi_lnfree.secure.spu_measure`) in one launch of local SPU parties:
+    per item, the combined meter state (`meter.combine_senders`) of each repeat, and the SPU
+    version the parties ran. Raises `SpuMissing` without the SPU environment, `PartyFailure` when
+    a party fails."""
+    spu_python()
+    world = profile.world_size
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
+    jobs = {r: {**party_job(r, addresses, profile, timeout_s), "items": items} for r in range(world)}
+    tmp = Path(tempfile.mkdtemp(prefix="pi-lnfree-spu-"))
+    try:
+        value, _ = launch_parties(jobs, timeout_s, tmp, module="pi_lnfree.secure.spu_measure")[CLIENT]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    parties = {int(r): states for r, states in value["parties"].items()}
+    combined = [[combine_senders([parties[r][i][j] for r in sorted(parties)]) for j in range(len(runs))]
+                for i, runs in enumerate(parties[CLIENT])]
+    return combined, value["spu"]
+
+
 def secure_eval(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float, rank: int | None,
                 device: str, networks, capture: bool = False, on_start=None, master_addr: str = "127.0.0.1",
                 master_port: int | None = None) -> dict[str, Any]:
@@ -254,5 +276,6 @@ def secure_eval(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], time
     return secure_eval_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, networks)
 
 
-__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "party_job", "secure_eval",
+__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "measure_local", "party_job",
+           "secure_eval",
            "secure_eval_distributed", "secure_eval_local", "spu_python"]

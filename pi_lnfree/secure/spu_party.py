@@ -37,11 +37,11 @@ import numpy as np
 CLIENT_RANK, SERVER_RANK = 0, 1
 
 
-def _send_json(link, dst: int, obj: Any) -> None:
+def send_json(link, dst: int, obj: Any) -> None:
     link.send(dst, json.dumps(obj).encode())
 
 
-def _recv_json(link, src: int) -> Any:
+def recv_json(link, src: int) -> Any:
     return json.loads(link.recv(src).decode())
 
 
@@ -98,9 +98,9 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         cfg, state = model.config, model.state_dict()
         check_supported(cfg, profile)
         for r in others:
-            _send_json(link, r, cfg.to_dict())
+            send_json(link, r, cfg.to_dict())
     else:
-        cfg = ModelConfig.from_dict(_recv_json(link, SERVER_RANK))
+        cfg = ModelConfig.from_dict(recv_json(link, SERVER_RANK))
 
     if rank == CLIENT_RANK:
         tokens = np.asarray(job["tokens"], dtype=np.int64)
@@ -112,14 +112,14 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             check_supported(cfg, profile, int(tokens.shape[1]))
         except UserError as e:
             for r in others:
-                _send_json(link, r, {"error": str(e)})
+                send_json(link, r, {"error": str(e)})
             raise
         meta = {"samples": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])}
         for r in others:
-            _send_json(link, r, meta)
+            send_json(link, r, meta)
     else:
         tokens = None
-        meta = _recv_json(link, CLIENT_RANK)
+        meta = recv_json(link, CLIENT_RANK)
         if "error" in meta:
             raise UserError(f"the client stopped: {meta['error']}")
 
@@ -155,10 +155,10 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     if ops.capture and "tokens" in ops.captured:
         np.save(out_dir / "token_share.npy", ops.captured["tokens"])
     if rank != CLIENT_RANK:
-        _send_json(link, CLIENT_RANK, result)
+        send_json(link, CLIENT_RANK, result)
         link.stop_link()
         return {"role": "server" if rank == SERVER_RANK else "helper", **result}
-    peers = {r: _recv_json(link, r) for r in others}
+    peers = {r: recv_json(link, r) for r in others}
     link.stop_link()
     np.save(out_dir / "logits.npy", np.stack(logits))
     return {"role": "client", "config": cfg.to_dict(), "parties": {rank: result, **peers}}
@@ -181,13 +181,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def main(job_file: str, out_dir: str) -> int:
-    """Run the job, write `OUT_DIR/result.json` ({"kind": "ok"|"error", "value"}); the exit code."""
+def main(job_file: str, out_dir: str, program=None) -> int:
+    """Run the job with `program(job, out_dir)` (default `run`, the secure forward), write
+    `OUT_DIR/result.json` ({"kind": "ok"|"error", "value"}); the exit code."""
     out = Path(out_dir)
     job = json.loads(Path(job_file).read_text())
     label = f"{ROLE_NAMES.get(int(job['rank']), 'party')} (rank {job['rank']})"
     try:
-        message, code = {"kind": "ok", "value": run(job, out)}, 0
+        message, code = {"kind": "ok", "value": (program or run)(job, out)}, 0
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line for the engine
         message, code = {"kind": "error", "value": f"SPU {label} failed: {_describe(e)}"}, 1
         if os.environ.get("PI_LNFREE_DEBUG"):

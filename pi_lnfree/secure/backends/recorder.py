@@ -4,9 +4,10 @@ recorded with the dimensions its cost depends on (the cost model's trace of a fo
 This is how the cost model knows the calls of a secure forward without a hand-written list: it
 runs `pi_lnfree.secure.structure.Decoder` on shapes, as CrypTen's tuple provider traces the
 requests of a real run. The recorded `Call`s use the calibrated kinds of
-`pi_lnfree.secure.costmodel.features`; the `other` plumbing records `n`, the elements it touches
+`pi_lnfree.secure.cost_features.features`; the `other` plumbing records `n`, the elements it touches
 (the LM head's optional bias is a local addition, free like `other`; split and merge: the input's elements; an add of k terms: (k - 1) x elements; rotary: the
-elements of q and k).
+elements of q and k, plus H, T, hd and rd, the rotated dims, because SPU's product with the
+public tables is not free: `pi_lnfree.secure.calls.rotary_dims`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from pi_lnfree.secure.backends.base import Sites
+from pi_lnfree.secure.calls import rotary_dims
 from pi_lnfree.secure.roles import CLIENT
 
 
@@ -137,7 +139,8 @@ class RecorderOps(Sites):
         return xs[0]
 
     def rotary(self, q: Shape, k: Shape, cos, sin) -> tuple[Shape, Shape]:
-        self._call("other", "other", n=q.numel() + k.numel())
+        _, H, T, hd = q.shape
+        self._call("other", "other", **rotary_dims(H, T, hd, int(cos.shape[-1])))
         return q, k
 
 

@@ -13,7 +13,8 @@ logs, after every run, "Link details: total send bytes B, recv bytes R, send act
 messages sent. `SpuOps.counters()` is the `Meter`'s stats function: cumulative bytes sent and send
 actions (the `rounds` of the result: one message per party per round in SEMI2K; CHEETAH's OT and
 HE steps may send several messages per round). The input sharing and the logits' opening are sent
-by this module over the same link and counted by their payload bytes and one action each.
+by this module over the same link and counted by their payload bytes and one action each (the
+opening sends the shares' bare ring elements, so its bytes are exactly 8 per element in FM64).
 
 The maths, written once in jax.numpy (SPU's fixed-point kernels do the rest):
 
@@ -125,14 +126,28 @@ def recv_share(link, src: int) -> libspu.Share:
     return share
 
 
-def share_ring_elements(share: libspu.Share) -> np.ndarray:
-    """The ring elements of one party's share (uint64 for FM64), for the tests' view check."""
+def share_content(share: libspu.Share) -> bytes:
+    """The raw ring elements of one party's share, without SPU's protobuf framing."""
     parts = []
     for c in share.share_chunks:
         chunk = libspu.ValueChunk()
         chunk.ParseFromString(c)
         parts.append(chunk.content)
-    return np.frombuffer(b"".join(parts), dtype=np.uint64)
+    return b"".join(parts)
+
+
+def share_from_content(meta: bytes, content: bytes) -> libspu.Share:
+    """A share of type `meta` holding the ring elements `content` (`share_content`'s bytes)."""
+    chunk = libspu.ValueChunk()
+    chunk.total_bytes, chunk.chunk_offset, chunk.content = len(content), 0, content
+    share = libspu.Share()
+    share.meta, share.share_chunks = meta, [chunk.SerializeToString()]
+    return share
+
+
+def share_ring_elements(share: libspu.Share) -> np.ndarray:
+    """The ring elements of one party's share (uint64 for FM64), for the tests' view check."""
+    return np.frombuffer(share_content(share), dtype=np.uint64)
 
 
 class SpuTensor:
@@ -150,7 +165,8 @@ class SpuTensor:
         return len(self.shape)
 
     def __getitem__(self, index):
-        return self.ops.other_fn("index", (repr(index),), lambda a: a[index], self)
+        # a view of a weight (a learnable slope), no operator: unmetered, like CrypTen's indexing
+        return self.ops.run1("index", (repr(index),), lambda a: a[index], self)
 
     def __del__(self):
         try:
@@ -406,14 +422,19 @@ class SpuOps(Sites):
             return self.reveal(logits, reveal_to)
 
     def reveal(self, t: SpuTensor, to: int):
-        """Open `t` to party `to` alone: every other party sends it its share (payload bytes and
-        one action counted here). `to` gets a float numpy array; the others None."""
+        """Open `t` to party `to` alone: every other party sends it the ring elements of its
+        share (bytes and one action counted here; the share's type and shape are public, so `to`
+        rebuilds the peer's share with its own share's meta and no framing is sent, which keeps
+        the cost exactly linear in the elements). `to` gets a float numpy array; the others None."""
         share = self.rt.get_var(t.name)
         if self.rank != to:
-            self.sent_bytes += send_share(self.link, to, share)
+            payload = share_content(share)
+            self.link.send(to, payload)
+            self.sent_bytes += len(payload)
             self.send_actions += 1
             return None
-        return self.io.reconstruct([share if r == to else recv_share(self.link, r) for r in range(self.world)])
+        return self.io.reconstruct([share if r == to else share_from_content(share.meta, self.link.recv(r))
+                                    for r in range(self.world)])
 
     # -- plumbing (`other`: local maths) -----------------------------------------------------
     def other_fn(self, kind: str, params: tuple, fn, *inputs):
@@ -448,5 +469,7 @@ __all__ = [
     "recv_share",
     "runtime_config",
     "send_share",
+    "share_content",
+    "share_from_content",
     "share_ring_elements",
 ]
