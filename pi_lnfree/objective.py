@@ -108,11 +108,12 @@ class Objective:
 
 def method_tags(train_state: dict[str, Any]) -> list[str]:
     """How a checkpoint was trained beyond plain next-token training, from its "train" state:
-    "EntReg", "KD from LABEL", "LN removed by fine-tuning"."""
+    "EntReg LAMBDA" (the coefficient, so that runs at two strengths read apart), "KD from LABEL",
+    "LN removed by fine-tuning"."""
     recipe = train_state.get("recipe") or {}
     tags = []
     if recipe.get("train.entropy_reg"):
-        tags.append("EntReg")
+        tags.append(f"EntReg {float(recipe['train.entropy_reg']):g}")
     if recipe.get("train.distill_from"):
         teacher = (train_state.get("distill_teacher") or {}).get("label") or "a teacher"
         tags.append(f"KD from {teacher}")
@@ -122,7 +123,7 @@ def method_tags(train_state: dict[str, Any]) -> list[str]:
 
 
 def run_label(cfg, train_state: dict[str, Any] | None) -> str:
-    """The configuration label with the training method, e.g. "SM+R [EntReg]",
+    """The configuration label with the training method, e.g. "SM+R [EntReg 4e-05]",
     "SM+R [KD from SM+LN+G]"; just `variant_label(cfg)` for plain training."""
     from pi_lnfree.config import variant_label
 

@@ -130,7 +130,7 @@ def test_tiny_run_moves_headwise_entropies_to_the_thresholds(data_dir, tiny_ln_r
            "train.entropy_reg_tolerance=0.05", "train.log_interval=1"]
     train_command(TINY, sets, tmp_path / "plain")
     res = train_command(TINY, [*sets, *reg], tmp_path / "reg")
-    assert res["label"] == "SM+LN+G [EntReg]"
+    assert res["label"] == "SM+LN+G [EntReg 1]"
     plain, regd = _last_entropy(tmp_path / "plain"), _last_entropy(tmp_path / "reg")
     logt = math.log(63)  # training sequences: 64 tokens -> 63 positions
     e_plain, e_reg = torch.tensor(plain["entropy"]), torch.tensor(regd["entropy"])
