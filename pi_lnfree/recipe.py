@@ -183,6 +183,37 @@ RESUME_SAFE_KEYS = ("train.log_interval", "train.ckpt_interval", "train.progress
                     "train.max_nonfinite", "train.debug_nonfinite_steps")
 
 
+def key_default(key: str) -> Any:
+    """The schema's default of a flat `section.key` (None for [model] keys, whose defaults come
+    from the preset, and for keys without one)."""
+    sec, _, name = key.partition(".")
+    cls = SECTIONS.get(sec)
+    if cls is None or sec == "model":
+        return None
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return None
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The flat keys whose value differs between a checkpoint's recipe (`saved`) and the recipe of
+    its `--resume` (`current`), sorted. `RESUME_SAFE_KEYS` never differ. A key missing from
+    `saved` was added to the tool after the run started; every such key defaults to the earlier
+    behaviour, so it differs only when `current` sets it to something else than its default."""
+    def differs(k: str) -> bool:
+        if k in RESUME_SAFE_KEYS:
+            return False
+        if k not in saved:
+            return current.get(k) != key_default(k)
+        return saved.get(k) != current.get(k)
+
+    return sorted(k for k in set(saved) | set(current) if differs(k))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A resolved recipe: one validated dataclass per section.

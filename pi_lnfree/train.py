@@ -39,7 +39,7 @@ from pi_lnfree.ln_removal import RemovalSchedule, apply_schedule, check_removabl
 from pi_lnfree.model import GPT, param_groups
 from pi_lnfree.objective import PART_KEYS, Objective, run_label
 from pi_lnfree.progress import console
-from pi_lnfree.recipe import RESUME_SAFE_KEYS, TrainConfig
+from pi_lnfree.recipe import TrainConfig, resume_differences
 from pi_lnfree.runlog import MetricsLog
 from pi_lnfree.runtime import (
     Runtime,
@@ -182,8 +182,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         state = ckpt["train"]
         saved = state.get("recipe") or {}
-        diff = sorted(k for k in set(saved) | set(self.recipe.values)
-                      if k not in RESUME_SAFE_KEYS and saved.get(k) != self.recipe.values.get(k))
+        diff = resume_differences(saved, self.recipe.values)
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.recipe.values.get(k)!r}" for k in diff[:4])
             raise UserError(f"--resume with a different recipe than {path} was trained with ({shown})")

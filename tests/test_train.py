@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pi_lnfree.checkpoint import load_checkpoint, load_model
+from pi_lnfree.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pi_lnfree.cli import main
 from pi_lnfree.errors import UserError
 from pi_lnfree.recipe import load_recipe
@@ -273,6 +273,22 @@ def test_resume_refuses_a_changed_recipe_and_reuse_of_a_run_dir(data_dir, tmp_pa
                       resume=True)
     done = train_command(TINY, tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1"), run, resume=True)
     assert done["steps"] == 2 and done["final_loss"] == first["final_loss"]  # nothing left to do
+
+
+def test_resume_accepts_keys_added_after_the_run_started_at_their_defaults(data_dir, tmp_path):
+    """A checkpoint from an older version lacks the recipe keys added since (their defaults keep
+    the old behaviour): resuming it continues; setting such a key to another value is refused."""
+    run = tmp_path / "run"
+    sets = tiny_sets(data_dir, "train.max_steps=2", "train.log_interval=1")
+    first = train_command(TINY, sets, run)
+    ckpt = load_checkpoint(run / "ckpt.pt")
+    for key in ("train.distill_from", "train.distill_temperature", "data.limit_mb"):  # as an older version wrote it
+        del ckpt["train"]["recipe"][key]
+    save_checkpoint(run / "ckpt.pt", ckpt["model"], ckpt["config"], ckpt["train"], ckpt["optimizer"], ckpt["meta"])
+    with pytest.raises(UserError, match=r"different recipe .*train\.distill_temperature: None -> 3\.0"):
+        train_command(TINY, [*sets, "train.distill_temperature=3.0"], run, resume=True)
+    done = train_command(TINY, sets, run, resume=True)
+    assert done["steps"] == 2 and done["final_loss"] == first["final_loss"]
 
 
 def test_cli_errors_are_one_line_exit_2(data_dir, tmp_path, capsys):
