@@ -105,19 +105,25 @@ def activate(x: torch.Tensor, name: str, slope: torch.Tensor | float | None) -> 
     raise ValueError(f"unknown activation {name!r}")
 
 
+def rotary_cos_sin(dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(length, dim) float32 cos/sin tables of rotary positions 0..length-1 on `dim` dims (GPT-NeoX
+    convention: frequencies base^(-2i/dim), repeated for the two halves of the rotated dims),
+    computed in float64."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    freqs = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
 class RotaryCache(nn.Module):
     """cos/sin tables for rotary positions on the first `rotary_dim` dims of each head (GPT-NeoX
     convention: the rotated dims are split in halves, not interleaved)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        dim = cfg.rotary_dim
-        inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        t = torch.arange(cfg.block_size, dtype=torch.float64)
-        freqs = torch.outer(t, inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos().float(), persistent=False)
-        self.register_buffer("sin", emb.sin().float(), persistent=False)
+        cos, sin = rotary_cos_sin(cfg.rotary_dim, cfg.block_size, cfg.rotary_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate (B, H, T, hd) queries or keys."""

@@ -25,17 +25,6 @@ from pi_lnfree.secure.roles import CLIENT, SERVER
 Share = Callable[..., Any]
 
 
-def rotary_tables(T: int, rd: int):
-    """Public (T, rd) cos/sin tables of GPT-NeoX rotary positions (base 10000), float32 torch
-    tensors (both backends take torch tables; `pi_lnfree.model.RotaryCache` computes the same)."""
-    import torch
-
-    inv = 1.0 / (10000 ** (torch.arange(0, rd, 2, dtype=torch.float64) / rd))
-    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
-
-
 def call_thunk(ops, kind: str, dims: dict[str, int], share: Share) -> Callable[[], Any]:
     """Share the inputs of one `kind` call of shape `dims` with `share`, then return the thunk that
     runs it on `ops` (see the module docstring). Raises `ValueError` for an unknown kind."""
@@ -80,7 +69,9 @@ def call_thunk(ops, kind: str, dims: dict[str, int], share: Share) -> Callable[[
     if kind == "other" and g("rd"):
         H, T, hd = g("H"), g("T"), g("hd")
         q, k = share((1, H, T, hd), CLIENT), share((1, H, T, hd), CLIENT)
-        cos, sin = rotary_tables(T, g("rd"))
+        from pi_lnfree.model import rotary_cos_sin  # torch: imported only when needed
+
+        cos, sin = rotary_cos_sin(g("rd"), T, 10000.0)  # public tables; costs do not depend on them
         return lambda: ops.rotary(q, k, cos, sin)
     if kind == "other":
         a, b = share((g("n"),), CLIENT), share((g("n"),), CLIENT)
@@ -93,4 +84,4 @@ def rotary_dims(H: int, T: int, hd: int, rd: int) -> dict[str, int]:
     return {"n": 2 * H * T * hd, "H": H, "T": T, "hd": hd, "rd": rd}
 
 
-__all__ = ["call_thunk", "rotary_dims", "rotary_tables"]
+__all__ = ["call_thunk", "rotary_dims"]
