@@ -139,6 +139,12 @@ def party_job(rank: int, addresses: list[str], profile: ProtocolProfile, timeout
     return {"rank": rank, "addresses": addresses, "profile": str(Path(profile.path).resolve()), "timeout_s": timeout_s}
 
 
+def local_jobs(profile: ProtocolProfile, timeout_s: float) -> dict[int, dict[str, Any]]:
+    """`party_job` of every rank for parties on this host, each listening on a free port."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(profile.world_size)]
+    return {r: party_job(r, addresses, profile, timeout_s) for r in range(profile.world_size)}
+
+
 def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], timeout_s: float, networks,
                       capture: bool = False, on_start=None) -> dict[str, Any]:
     """All SPU parties as local processes on 127.0.0.1; the full result (as `evaluate.secure_eval`)."""
@@ -155,8 +161,7 @@ def secure_eval_local(checkpoint, profile: ProtocolProfile, spec: dict[str, Any]
     tokens, source = make_tokens(spec, cfg)
     check_supported(cfg, profile, tokens.size(1))
     world = profile.world_size
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
-    jobs = {r: party_job(r, addresses, profile, timeout_s) for r in range(world)}
+    jobs = local_jobs(profile, timeout_s)
     jobs[CLIENT]["tokens"] = tokens.tolist()
     jobs[SERVER]["checkpoint"] = str(Path(checkpoint).resolve())
     jobs[SERVER]["capture_view"] = capture
@@ -249,9 +254,7 @@ def measure_local(profile: ProtocolProfile, items: list[dict[str, Any]], timeout
     version the parties ran. Raises `SpuMissing` without the SPU environment, `PartyFailure` when
     a party fails."""
     spu_python()
-    world = profile.world_size
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
-    jobs = {r: {**party_job(r, addresses, profile, timeout_s), "items": items} for r in range(world)}
+    jobs = {r: {**job, "items": items} for r, job in local_jobs(profile, timeout_s).items()}
     tmp = Path(tempfile.mkdtemp(prefix="pi-lnfree-spu-"))
     try:
         value, _ = launch_parties(jobs, timeout_s, tmp, module="pi_lnfree.secure.spu_measure")[CLIENT]
@@ -276,6 +279,6 @@ def secure_eval(checkpoint, profile: ProtocolProfile, spec: dict[str, Any], time
     return secure_eval_distributed(checkpoint, profile, spec, timeout_s, rank, master_addr, master_port, networks)
 
 
-__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "measure_local", "party_job",
+__all__ = ["ENV_VAR", "INSTALL_HINT", "SpuMissing", "client_summary", "launch_parties", "local_jobs", "measure_local", "party_job",
            "secure_eval",
            "secure_eval_distributed", "secure_eval_local", "spu_python"]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-CLIENT_RANK, SERVER_RANK = 0, 1
+from pi_lnfree.secure.roles import CLIENT, SERVER
 
 
 def _builder(ops, rank: int, seed: int):
@@ -59,15 +59,15 @@ def _model_thunk(ops, item: dict[str, Any], rank: int, share):
     cfg = ModelConfig.from_dict(item["config"])
     T, seed = int(item["T"]), int(item.get("seed", 0))
     state = None
-    if rank == SERVER_RANK:
+    if rank == SERVER:
         torch.manual_seed(seed)
         state = GPT(cfg).state_dict()
     model = Decoder(cfg, load_weights(cfg, state, ops), ops)
     if item["type"] == "forward":
-        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, T) if rank == CLIENT_RANK else None
+        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, T) if rank == CLIENT else None
         x = ops.tokens(ids, T, cfg.vocab_size)
         return lambda: model.forward(x)
-    x = share((1, T, cfg.n_embd), CLIENT_RANK)
+    x = share((1, T, cfg.n_embd), CLIENT)
     return lambda: model.block(int(item.get("layer", 0)), x)
 
 
@@ -108,8 +108,8 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             runs.append(meter.state())
         states.append(runs)
     others = [r for r in range(profile.world_size) if r != rank]
-    if rank != CLIENT_RANK:
-        send_json(link, CLIENT_RANK, states)
+    if rank != CLIENT:
+        send_json(link, CLIENT, states)
         link.stop_link()
         return {"rank": rank}
     parties = {rank: states, **{r: recv_json(link, r) for r in others}}
