@@ -364,9 +364,9 @@ def fit(profile: ProtocolProfile, items: list[dict[str, Any]], measured: list[li
         best = dict(recs[0], **{f: sum(r[f] for r in recs) / len(recs) for f in EXACT_FIELDS})
         best.update({f: min(r[f] for r in recs) for f in TIME_FIELDS if f in best})
         by_kind.setdefault(item["kind"], []).append((item["dims"], best))
-    share_bytes = spu_share_bytes(profile.spu_protocol, profile.spu_field) if profile.engine == "spu" else 8
-    kinds = {k: fit_kind(k, pts, profile.max_method, profile.engine, exact, share_bytes) for k, pts in by_kind.items()}
-    return Calibration(profile_knobs(profile), kinds)
+    cal = Calibration(profile_knobs(profile), {})
+    cal.kinds = {k: fit_kind(k, pts, profile.max_method, cal.engine, exact, cal.share_bytes) for k, pts in by_kind.items()}
+    return cal
 
 
 def _category(kind: str) -> str:
