@@ -12,6 +12,11 @@ thread runs while the main thread waits inside C++.
 On expiry the watchdog calls `on_expire(message)`, which must end the process (report the
 message, then `os._exit`): a thread cannot interrupt a call blocked inside C++.
 
+Both clocks run with the same budget, so which one speaks first is a race that the machine's
+load decides. A timeout raised by torch.distributed inside a phase is therefore reported with the
+phase's own message, the same words the watchdog would have used: a silent peer reads the same
+on a quiet and on a loaded machine.
+
 One watchdog per process is installed with `install`; `guarded(what)` bounds a block by it, and
 is a no-op where none is installed (a library call outside a party process).
 """
@@ -22,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from pi_lnfree.errors import UserError
 
 _ACTIVE: list[Watchdog] = []
 
@@ -43,20 +50,33 @@ class Watchdog:
         self._what = ""
         threading.Thread(target=self._run, name="pi-lnfree-party-watchdog", daemon=True).start()
 
+    def reason(self, what: str) -> str:
+        """Why a phase `what` that ran out of time failed (without the party's label)."""
+        return (f"{what} did not finish within {self.budget_s:g} s (--timeout); "
+                "a peer is absent, dead, or connected without answering")
+
     def message(self, what: str) -> str:
         """The one-line failure for a phase `what` that ran out of time."""
-        return (f"{self.label} failed: {what} did not finish within {self.budget_s:g} s (--timeout); "
-                "a peer is absent, dead, or connected without answering")
+        return f"{self.label} failed: {self.reason(what)}"
 
     @contextmanager
     def phase(self, what: str) -> Iterator[None]:
-        """Bound the block by `budget_s` seconds from now (nested phases restore the outer one)."""
+        """Bound the block by `budget_s` seconds from now (nested phases restore the outer one).
+
+        Raises `UserError` with `reason(what)` when the block itself raises a timeout (an
+        exception whose text says "timed out", as gloo's and the TCPStore's do)."""
         with self._cond:
             saved = (self._deadline, self._what)
             self._deadline, self._what = time.monotonic() + self.budget_s, what
             self._cond.notify()
         try:
             yield
+        except UserError:
+            raise
+        except Exception as e:
+            if "timed out" in str(e).lower():
+                raise UserError(self.reason(what)) from e
+            raise
         finally:
             with self._cond:
                 self._deadline, self._what = saved
