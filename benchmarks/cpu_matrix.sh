@@ -16,11 +16,11 @@
 #   sm-g-seed2 sm-r-seed2                     a second seed (1338): the seed spread of the LN-free gap
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
 #   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared)
-#   wide-sm-g wide-sm-r wide-sm-ln-g          cpu-wide (6 layers x 8 heads = 48 heads, d=256): overload
+#   heads-sm-g heads-sm-r heads-sm-ln-g       cpu-heads (6 layers x 8 heads = 48 heads, d=128): overload
 #                                             fractions with enough heads to mean something
 #
 # Environment: PY (default .venv/bin/python), OUT (default runs/cpu-matrix), DATA (default
-# data/stdlib-4096, prepared on first use), STEPS (default 2000), WIDE_STEPS (default STEPS),
+# data/stdlib-4096, prepared on first use), STEPS (default 2000), HEADS_STEPS (default STEPS),
 # THREADS (torch threads per run, default 2), PROTOCOL (default protocols/crypten-2pc-ttp.toml),
 # SECURE_T (measured secure-eval length for the four paper runs' cost report, default 64; 0 skips),
 # REPORT (default OUT/report), HOLD (default OUT/hold: while this file exists, the next run waits
@@ -34,7 +34,7 @@ PI="$PY -m pi_lnfree.cli"
 OUT=${OUT:-runs/cpu-matrix}
 DATA=${DATA:-data/stdlib-4096}
 STEPS=${STEPS:-2000}
-WIDE_STEPS=${WIDE_STEPS:-$STEPS}
+HEADS_STEPS=${HEADS_STEPS:-$STEPS}
 THREADS=${THREADS:-2}
 PROTOCOL=${PROTOCOL:-protocols/crypten-2pc-ttp.toml}
 SECURE_T=${SECURE_T:-64}
@@ -57,9 +57,9 @@ RUNS=(
   "sm-r-plain|model.variant=sm-r model.residual_init=\"plain\""
   "sm-lrelu-layer|model.variant=sm-lrelu-layer"
   "sm-lrelu-global|model.variant=sm-lrelu-global"
-  "wide-sm-g|model.preset=\"cpu-wide\" model.variant=sm-g train.max_steps=$WIDE_STEPS"
-  "wide-sm-r|model.preset=\"cpu-wide\" model.variant=sm-r train.max_steps=$WIDE_STEPS"
-  "wide-sm-ln-g|model.preset=\"cpu-wide\" model.variant=sm-ln-g train.max_steps=$WIDE_STEPS"
+  "heads-sm-g|model.preset=\"cpu-heads\" model.variant=sm-g train.max_steps=$HEADS_STEPS"
+  "heads-sm-r|model.preset=\"cpu-heads\" model.variant=sm-r train.max_steps=$HEADS_STEPS"
+  "heads-sm-ln-g|model.preset=\"cpu-heads\" model.variant=sm-ln-g train.max_steps=$HEADS_STEPS"
 )
 PAPER=(sm-ln-g sm-ln-r sm-g sm-r)
 

@@ -64,7 +64,7 @@ def test_recipe_keys_values_and_paths(tmp_path, monkeypatch):
     ("schedule.warmup_frac=1", "--set: schedule.warmup_frac must be float < 1"),
     ("train.precision=fp8", "--set: train.precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got str 'fp8'"),
     ("train.device=tpu", "--set: train.device must be auto, cpu, cuda or cuda:N, got str 'tpu'"),
-    ("model.preset=huge", "--set: model.preset must be one of 'gpt2-small', 'pythia-70m', 'cpu-small', 'cpu-wide', 'tiny'"),
+    ("model.preset=huge", "--set: model.preset must be one of 'gpt2-small', 'pythia-70m', 'cpu-small', 'cpu-heads', 'tiny'"),
     ("model.variant=sm-x", "unknown variant 'sm-x'"),
     ("model.n_head=3", "n_embd 64 not divisible by n_head 3"),
     ("noequals", "--set expects section.key=value"),
