@@ -41,10 +41,9 @@ from pi_lnfree.errors import UserError
 from pi_lnfree.secure.meter import combine_senders
 from pi_lnfree.secure.parties import free_port, supervise
 from pi_lnfree.secure.profile import ProtocolProfile
-from pi_lnfree.secure.roles import CLIENT, SERVER
+from pi_lnfree.secure.roles import CLIENT, SERVER, SPU_ROLES, party_label
 
 ENV_VAR = "PI_LNFREE_SPU_PYTHON"
-ROLE_NAMES = {CLIENT: "client", SERVER: "server", 2: "helper"}
 INSTALL_HINT = ("the SPU engine runs in its own environment, which is missing: run `make spu` in the "
                 f"pi-lnfree checkout (or set {ENV_VAR} to a Python 3.10/3.11 with spu==0.9.5 and torch)")
 
@@ -73,8 +72,9 @@ def _candidate_roots() -> list[Path]:
     return [Path(pi_lnfree.__file__).resolve().parents[1], Path.cwd()]
 
 
-def party_label(rank: int) -> str:
-    return f"SPU {ROLE_NAMES.get(rank, 'party')} (rank {rank})"
+def spu_party_label(rank: int) -> str:
+    """'SPU client (rank 0)', 'SPU server (rank 1)', 'SPU helper (rank 2)'."""
+    return f"SPU {party_label(rank, SPU_ROLES)}"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -108,7 +108,7 @@ def launch_parties(jobs: dict[int, dict[str, Any]], timeout_s: float, tmp: Path,
         argv = [str(python), "-m", module, str(out / "job.json"), str(out)]
         return argv, out / "result.json", {"stdout": subprocess.DEVNULL, "stderr": None, "env": env, "cwd": str(out)}
 
-    outs = supervise(start, list(jobs), timeout_s, on_start, read=_read_json, label=party_label)
+    outs = supervise(start, list(jobs), timeout_s, on_start, read=_read_json, label=spu_party_label)
     return {rank: (_read_json(path)["value"], path.parent) for rank, path in outs.items()}
 
 

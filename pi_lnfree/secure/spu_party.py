@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-CLIENT_RANK, SERVER_RANK = 0, 1
+from pi_lnfree.secure.roles import CLIENT, SERVER, SPU_ROLES, party_label
 
 
 def send_json(link, dst: int, obj: Any) -> None:
@@ -91,7 +91,7 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     others = [r for r in range(world) if r != rank]
 
     state = None
-    if rank == SERVER_RANK:
+    if rank == SERVER:
         from pi_lnfree.checkpoint import load_model
 
         model, _ = load_model(job["checkpoint"], "cpu")
@@ -100,9 +100,9 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         for r in others:
             send_json(link, r, cfg.to_dict())
     else:
-        cfg = ModelConfig.from_dict(recv_json(link, SERVER_RANK))
+        cfg = ModelConfig.from_dict(recv_json(link, SERVER))
 
-    if rank == CLIENT_RANK:
+    if rank == CLIENT:
         tokens = np.asarray(job["tokens"], dtype=np.int64)
         try:
             if tokens.ndim != 2 or tokens.size == 0:
@@ -119,7 +119,7 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             send_json(link, r, meta)
     else:
         tokens = None
-        meta = recv_json(link, CLIENT_RANK)
+        meta = recv_json(link, CLIENT)
         if "error" in meta:
             raise UserError(f"the client stopped: {meta['error']}")
 
@@ -154,17 +154,14 @@ def run(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     }
     if ops.capture and "tokens" in ops.captured:
         np.save(out_dir / "token_share.npy", ops.captured["tokens"])
-    if rank != CLIENT_RANK:
-        send_json(link, CLIENT_RANK, result)
+    if rank != CLIENT:
+        send_json(link, CLIENT, result)
         link.stop_link()
-        return {"role": "server" if rank == SERVER_RANK else "helper", **result}
+        return {"role": SPU_ROLES[rank], **result}
     peers = {r: recv_json(link, r) for r in others}
     link.stop_link()
     np.save(out_dir / "logits.npy", np.stack(logits))
     return {"role": "client", "config": cfg.to_dict(), "parties": {rank: result, **peers}}
-
-
-ROLE_NAMES = {CLIENT_RANK: "client", SERVER_RANK: "server", 2: "helper"}
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,7 +183,7 @@ def main(job_file: str, out_dir: str, program=None) -> int:
     `OUT_DIR/result.json` ({"kind": "ok"|"error", "value"}); the exit code."""
     out = Path(out_dir)
     job = json.loads(Path(job_file).read_text())
-    label = f"{ROLE_NAMES.get(int(job['rank']), 'party')} (rank {job['rank']})"
+    label = party_label(int(job["rank"]), SPU_ROLES)
     try:
         message, code = {"kind": "ok", "value": (program or run)(job, out)}, 0
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line for the engine
