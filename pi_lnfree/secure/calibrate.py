@@ -250,12 +250,21 @@ def measure(profile: ProtocolProfile, items: list[dict[str, Any]], timeout_s: fl
     or `{"type": "block", "config": dict, "T", "layer"}` (one block on a random shared input).
     An SPU profile runs them in SPU parties (`spu_engine.measure_local`), combined as SPU's
     secure-eval combines its parties (`meter.combine_senders`, no offline phase)."""
+    return _measure_with_engine(profile, items, timeout_s)[0]
+
+
+def _measure_with_engine(profile: ProtocolProfile, items: list[dict[str, Any]],
+                         timeout_s: float) -> tuple[list[list[dict]], dict[str, str]]:
+    """`measure`, and the engine that ran it with its version ({"crypten": "0.4.1"} or {"spu": ...})."""
     if profile.engine == "spu":
         from pi_lnfree.secure.spu_engine import measure_local
 
-        return measure_local(profile, items, timeout_s)[0]
+        measured, spu_version = measure_local(profile, items, timeout_s)
+        return measured, {"spu": spu_version}
+    from importlib.metadata import version
+
     jobs = local_jobs(profile, timeout_s, program=f"{__name__}:party_program", payload=items)
-    return launch_local(jobs, timeout_s)[CLIENT]
+    return launch_local(jobs, timeout_s)[CLIENT], {"crypten": version("crypten")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,13 +394,7 @@ def calibrate(profile_path: str | Path, out: str | Path | None = None, timeout_s
     profile = load_profile(profile_path)
     items = design(profile)
     t0 = time.perf_counter()
-    engine = {}
-    if profile.engine == "spu":
-        from pi_lnfree.secure.spu_engine import measure_local
-
-        measured, engine["spu"] = measure_local(profile, items, timeout_s)
-    else:
-        measured, engine["crypten"] = measure(profile, items, timeout_s), version("crypten")
+    measured, engine = _measure_with_engine(profile, items, timeout_s)
     cal = fit(profile, items, measured)
     cal.meta = {
         "profile": profile.name,
