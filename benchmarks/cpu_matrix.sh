@@ -15,7 +15,8 @@
 #                                             DyT in place of the norms, SM+R distilled from sm-ln-g
 #   sm-g-seed2 sm-r-seed2                     a second seed (1338): the seed spread of the LN-free gap
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
-#   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared)
+#   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared),
+#   sm-lrelu-layer-s02 sm-lrelu-global-s02    from the default 0.01 and from 0.2: do they drift to zero?
 #   heads-sm-g heads-sm-r heads-sm-ln-g       cpu-heads (6 layers x 8 heads = 48 heads, d=128): overload
 #                                             fractions with enough heads to mean something
 #
@@ -57,6 +58,8 @@ RUNS=(
   "sm-r-plain|model.variant=sm-r model.residual_init=\"plain\""
   "sm-lrelu-layer|model.variant=sm-lrelu-layer"
   "sm-lrelu-global|model.variant=sm-lrelu-global"
+  "sm-lrelu-layer-s02|model.variant=sm-lrelu-layer model.leaky_slope=0.2"
+  "sm-lrelu-global-s02|model.variant=sm-lrelu-global model.leaky_slope=0.2"
   "heads-sm-g|model.preset=\"cpu-heads\" model.variant=sm-g train.max_steps=$HEADS_STEPS"
   "heads-sm-r|model.preset=\"cpu-heads\" model.variant=sm-r train.max_steps=$HEADS_STEPS"
   "heads-sm-ln-g|model.preset=\"cpu-heads\" model.variant=sm-ln-g train.max_steps=$HEADS_STEPS"

@@ -227,12 +227,15 @@ _ACT_LABEL = {
 }
 
 
+_DEFAULT_LEAKY_SLOPE = ModelConfig.leaky_slope
+
+
 def variant_label(cfg: ModelConfig) -> str:
     """The paper's name for a configuration, e.g. SM+LN+G, SM+R, SM+LLR(global), SM+R/G (hybrid);
     SM+DyT+R for Dynamic Tanh in place of the norms.
 
     Switches that differ from the paper's setup are named in parentheses: "SM+R (no final LN)",
-    "SM+G (plain init)", "SM+R (no final LN, plain init)".
+    "SM+G (plain init)", "SM+R (no final LN, plain init)", "SM+LLR(layer) (initial slope 0.2)".
     """
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
@@ -245,6 +248,8 @@ def variant_label(cfg: ModelConfig) -> str:
         notes.append("no final DyT" if cfg.norm == "dyt" else "no final LN")
     if cfg.residual_init != "scaled":
         notes.append(f"{cfg.residual_init} init")
+    if "learnable_leaky" in acts and cfg.leaky_slope != _DEFAULT_LEAKY_SLOPE:
+        notes.append(f"initial slope {cfg.leaky_slope:g}")
     if cfg.ln_removal:
         notes.append("LN removal in progress")
     return name + (f" ({', '.join(notes)})" if notes else "")

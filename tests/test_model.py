@@ -153,6 +153,10 @@ def test_residual_init_default_switch_and_old_checkpoints(tmp_path):
     assert variant_label(plain) == "SM+G (plain init)" and variant_name(plain) == "sm-g"
     both = make_config("tiny", "sm-r", vocab_size=V, residual_init="plain", final_norm=False)
     assert variant_label(both) == "SM+R (no final LN, plain init)"
+    # A learnable slope started away from the default reads apart from the default one.
+    steep = make_config("tiny", "sm-lrelu-layer", vocab_size=V, leaky_slope=0.2)
+    assert variant_label(steep) == "SM+LLR(layer) (initial slope 0.2)" and variant_name(steep) == "sm-lrelu-layer"
+    assert variant_label(make_config("tiny", "sm-lrelu-global", vocab_size=V)) == "SM+LLR(global)"
     with pytest.raises(UserError, match="residual_init must be one of"):
         make_config("tiny", "sm-g", vocab_size=V, residual_init="xavier")
     # A checkpoint written before the switch existed has no residual_init: it loads as "scaled".
