@@ -113,5 +113,5 @@ case "${1:-}" in
   train) shift; train_all "$@" ;;
   report) report_all ;;
   all) train_all; report_all ;;
-  *) sed -n '2,24p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac
