@@ -221,6 +221,16 @@ def _share_markdown(long: pd.DataFrame, piece: str) -> str:
     return tb.to_markdown(tb.operator_share_wide(long))
 
 
+def _main_markdown(main: pd.DataFrame) -> list[str]:
+    """The main table's heading and text; without measured costs (no run has secure results),
+    its cost columns would be n/a in every row, so they are left out and the heading says so."""
+    cost = [c for c in tb.COST_COLUMNS if c in main.columns]
+    if cost and main[cost].isna().all().all():
+        return ["### Quality and entropy (no measured cost: the predicted cost is below)", "",
+                tb.to_markdown(main.drop(columns=cost)), ""]
+    return ["### Quality, entropy and measured private-inference cost", "", tb.to_markdown(main), ""]
+
+
 def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, command: str, out: Path) -> str:
     """The report.md text."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -230,8 +240,7 @@ def render_markdown(runs: list, fam_tables: dict, fam_figures: dict, opts, comma
     for fam, members in families.items():
         t, figs = fam_tables[fam], fam_figures[fam]
         warning = uniform_warning(members)
-        lines += [f"## {members[0].family_title}", "",
-                  "### Quality, entropy and measured private-inference cost", "", tb.to_markdown(t["main"]), "",
+        lines += [f"## {members[0].family_title}", "", *_main_markdown(t["main"]),
                   *([warning, ""] if warning else []),
                   "### Has attention been learned?", "", tb.to_markdown(t["attention"]), "",
                   "### Predicted private-inference cost (cost model)", "", tb.to_markdown(t["predicted"]), "",

@@ -155,6 +155,7 @@ def test_secure_eval_piece_in_the_tables(run_dirs, computed, tmp_path):
     assert main.loc[0, tb.GB] == sec["total"]["bytes"] / 1e9 and main.loc[0, tb.ROUNDS] == sec["total"]["rounds"]
     assert main.loc[0, tb.WAN] == sec["network"]["wan"]["seconds"] and main.loc[0, tb.SAVE_WAN] == 1.0
     assert pd.isna(main.loc[1, tb.GB]) and pd.isna(main.loc[1, tb.SAVE_GB])
+    assert "### Quality, entropy and measured private-inference cost" in (tmp_path / "report.md").read_text()
     assert "no secure-crypten-2pc-tfp-T8.json" in summary["missing"][str(run_dirs[1])]["secure"]
     fid = pd.read_csv(tmp_path / "tables" / "fidelity-tiny.csv")
     assert fid.loc[0, "top-1 agreement"] == sec["fidelity"]["top1_agreement"]
@@ -171,6 +172,12 @@ def test_cli_json_and_bad_input(run_dirs, computed, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r[tb.CONFIG] for r in out["tables"]["main-tiny"]] == ["SM+LN+G", "SM+LLR(layer)"]
     assert out["tables"]["main-tiny"][0][tb.PPL] == _cache(run_dirs[0], "eval.json")["ppl"]
+    # Without measured costs the markdown's main table leaves out cost columns that would be n/a
+    # in every row (the JSON and CSV keep them).
+    md = (tmp_path / "r" / "report.md").read_text()
+    main_md = md.split("### Quality and entropy (no measured cost: the predicted cost is below)")[1].split("###")[0]
+    assert "| SM+LN+G |" in main_md and tb.PPL in main_md and tb.GB not in main_md
+    assert "measured private-inference cost" not in md and tb.GB in out["tables"]["main-tiny"][0]
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path), "--out", str(tmp_path / "r2")])
     assert e.value.code == 2
