@@ -26,8 +26,8 @@
 # SECURE_T (measured secure-eval length for the four paper runs' cost report, default 64; 0 skips),
 # REPORT (default OUT/report), HOLD (default OUT/hold: while this file exists, the next run waits
 # to start, so that timed benchmarks can have a quiet machine between runs). Each run's `pi-lnfree train --json` summary goes to
-# OUT/NAME/train.json and its wall time to OUT/walltimes.tsv. Reports: REPORT (all finished runs,
-# cost model at T=128) and REPORT-secure (the four paper runs, measured and predicted cost at SECURE_T).
+# OUT/NAME/train.json and its wall time to OUT/walltimes.tsv. Reports: REPORT (the finished runs
+# except the beyond-the-paper ones, which benchmarks/beyond_matrix.sh reports; cost model at T=128) and REPORT-secure (the four paper runs, measured and predicted cost at SECURE_T).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -67,6 +67,8 @@ RUNS=(
   "heads-sm-ln-g|model.preset=\"cpu-heads\" model.variant=sm-ln-g train.max_steps=$HEADS_STEPS"
 )
 PAPER=(sm-ln-g sm-ln-r sm-g sm-r)
+# trained here, reported by benchmarks/beyond_matrix.sh
+BEYOND=(sm-r-entreg sm-dyt-r sm-r-distilled sm-r-entreg-weak)
 
 train_all() {  # optional run names restrict the runs
   mkdir -p "$OUT"
@@ -99,7 +101,12 @@ finished() {  # names of finished runs, in the order of RUNS, restricted to the 
 }
 
 report_all() {
-  mapfile -t done_runs < <(finished)
+  local matrix=() spec name
+  for spec in "${RUNS[@]}"; do
+    name=${spec%%|*}
+    [[ " ${BEYOND[*]} " == *" $name "* ]] || matrix+=("$name")
+  done
+  mapfile -t done_runs < <(finished "${matrix[@]}")
   [ ${#done_runs[@]} -gt 0 ] || { echo "no finished runs in $OUT"; return 0; }
   $PI report "${done_runs[@]}" --out "$REPORT" --protocol "$PROTOCOL" --secure-seq-len 0
   mapfile -t paper_runs < <(finished "${PAPER[@]}")
