@@ -14,6 +14,7 @@
 #   sm-r-entreg-weak                          with entropy regularization (lambda 4e-5, and 4e-6),
 #                                             DyT in place of the norms, SM+R distilled from sm-ln-g
 #   sm-g-seed2 sm-r-seed2 sm-g-seed3 sm-r-seed3  seeds 1338 and 1339: the seed spread of SM+R - SM+G
+#   sm-ln-g-seed2 sm-ln-r-seed2               seed 1338 of the LayerNorm pair (SM+LN+R vs SM+LN+G)
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
 #   sm-lrelu-layer sm-lrelu-global            learnable leaky-ReLU slopes (per layer / one shared),
 #   sm-lrelu-layer-s02 sm-lrelu-global-s02    from the default 0.01 and from 0.2: do they drift to zero?
@@ -56,6 +57,8 @@ RUNS=(
   "sm-r-seed2|model.variant=sm-r train.seed=1338"
   "sm-g-seed3|model.variant=sm-g train.seed=1339"
   "sm-r-seed3|model.variant=sm-r train.seed=1339"
+  "sm-ln-g-seed2|model.variant=sm-ln-g train.seed=1338"
+  "sm-ln-r-seed2|model.variant=sm-ln-r train.seed=1338"
   "sm-g-plain|model.variant=sm-g model.residual_init=\"plain\""
   "sm-r-plain|model.variant=sm-r model.residual_init=\"plain\""
   "sm-lrelu-layer|model.variant=sm-lrelu-layer"
