@@ -91,6 +91,22 @@ def _train_eval_series(run) -> tuple[list, list, list, list]:
     return [s for s, _ in train], [v for _, v in train], [s for s, _ in ev], [v for _, v in ev]
 
 
+def same_cost_groups(items: list[tuple[str, str, dict]]) -> list[tuple[str, dict]]:
+    """Bars for an operator-cost figure: `items` are (run's label, its name in the tables, cost
+    result); runs with the same label and the same bytes and WAN seconds in every category (seeds
+    of one configuration under the cost model) become one bar named "LABEL (K runs)", in the order
+    of first appearance. Anything else keeps its own bar and table name."""
+    def key(label: str, res: dict) -> tuple:
+        wan = res["network"]["wan"]["ops"]
+        return (label, *((float(res["ops"][c]["bytes"]), float(wan[c])) for c in tb.CATEGORIES))
+
+    groups: dict[tuple, list[tuple[str, dict]]] = {}
+    for label, name, res in items:
+        groups.setdefault(key(label, res), []).append((name, res))
+    return [(members[0][0] if len(members) == 1 else f"{k[0]} ({len(members)} runs)", members[0][1])
+            for k, members in groups.items()]
+
+
 def family_figures(fam: str, runs: list, names: list[str], folder: Path,
                    cross: pd.DataFrame | None = None) -> dict[str, str]:
     """Write the family's figures (with `cross`, the cross-engine table, also its savings bars);
@@ -127,6 +143,9 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path,
     for piece, kind, what in (("secure", "operator costs", "measured by secure-eval"),
                               ("cost", "operator costs (predicted)", "predicted by the cost model")):
         have = [(n, r.pieces[piece]) for n, r in zip(names, runs, strict=True) if r.pieces.get(piece)]
+        if piece == "cost":  # predicted costs depend on the architecture only: one bar per configuration
+            have = same_cost_groups([(r.label, n, r.pieces[piece]) for n, r in zip(names, runs, strict=True)
+                                     if r.pieces.get(piece)])
         suffix = "" if piece == "secure" else "-predicted"
         write(kind, have, f"no {piece} results", lambda have=have, suffix=suffix, what=what: plots.operator_cost_bars(
             [n for n, _ in have], tb.CATEGORIES,

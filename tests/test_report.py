@@ -262,3 +262,20 @@ def test_cross_engine_report_equals_the_cached_results(run_dirs, computed, tmp_p
     assert "### Cross-engine comparison" in md and "| configuration | crypten-2pc-tfp MB |" in md
     assert Path(out["figures"]["tiny"]["cross-engine savings"]).is_file()
     assert out["tables"]["cross-engine-tiny"][0]["spu-semi2k comm savings (x)"] == 1.0
+
+
+def test_same_cost_groups_merge_only_identical_runs_of_one_configuration():
+    from pi_lnfree.report_output import same_cost_groups
+
+    def cost(scale: float) -> dict:
+        return {"ops": {c: {"bytes": scale * (i + 1)} for i, c in enumerate(tb.CATEGORIES)},
+                "network": {"wan": {"ops": {c: scale * 0.5 for c in tb.CATEGORIES}}}}
+
+    items = [("SM+G", "SM+G [sm-g]", cost(1.0)), ("SM+R", "SM+R [sm-r]", cost(2.0)),
+             ("SM+G", "SM+G [sm-g-seed2]", cost(1.0)), ("SM+G (plain init)", "SM+G (plain init)", cost(1.0)),
+             ("SM+R", "SM+R [sm-r-wider]", cost(3.0)), ("SM+G", "SM+G [sm-g-seed3]", cost(1.0))]
+    bars = same_cost_groups(items)
+    # Three seeds of SM+G share one bar; the same cost under another label, or another cost under
+    # the same label, keeps its own.
+    assert [name for name, _ in bars] == ["SM+G (3 runs)", "SM+R [sm-r]", "SM+G (plain init)", "SM+R [sm-r-wider]"]
+    assert [res["ops"][tb.CATEGORIES[0]]["bytes"] for _, res in bars] == [1.0, 2.0, 1.0, 3.0]
