@@ -142,10 +142,9 @@ def family_figures(fam: str, runs: list, names: list[str], folder: Path,
 
     for piece, kind, what in (("secure", "operator costs", "measured by secure-eval"),
                               ("cost", "operator costs (predicted)", "predicted by the cost model")):
-        have = [(n, r.pieces[piece]) for n, r in zip(names, runs, strict=True) if r.pieces.get(piece)]
-        if piece == "cost":  # predicted costs depend on the architecture only: one bar per configuration
-            have = same_cost_groups([(r.label, n, r.pieces[piece]) for n, r in zip(names, runs, strict=True)
-                                     if r.pieces.get(piece)])
+        results = [(r.label, n, r.pieces[piece]) for n, r in zip(names, runs, strict=True) if r.pieces.get(piece)]
+        # predicted costs depend on the architecture only: one bar per configuration
+        have = same_cost_groups(results) if piece == "cost" else [(n, res) for _, n, res in results]
         suffix = "" if piece == "secure" else "-predicted"
         write(kind, have, f"no {piece} results", lambda have=have, suffix=suffix, what=what: plots.operator_cost_bars(
             [n for n, _ in have], tb.CATEGORIES,

@@ -318,4 +318,3 @@ def test_a_timeout_inside_a_phase_reads_like_the_watchdogs_own():
         with dog.phase("a metadata exchange"):
             raise other
     assert err2.value is other  # only timeouts are reworded
-

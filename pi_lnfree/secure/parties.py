@@ -39,6 +39,7 @@ from typing import Any
 from pi_lnfree.errors import UserError
 from pi_lnfree.files import atomic_write
 from pi_lnfree.secure.roles import DEALER, party_label
+from pi_lnfree.secure.watchdog import says_timed_out
 
 _CHILD_CMD = ["-m", "pi_lnfree.secure.parties"]
 
@@ -99,8 +100,8 @@ def _describe_error(exc: BaseException) -> str:
     full = str(exc)
     lines = [ln.strip() for ln in full.strip().splitlines() if ln.strip()]
     text = lines[0] if lines else ""
-    if len(lines) > 1 and ("Connection closed" in full or "timed out" in full.lower()):
-        text = next((ln for ln in lines if "Connection closed" in ln or "timed out" in ln.lower()), text)
+    if len(lines) > 1 and ("Connection closed" in full or says_timed_out(full)):
+        text = next((ln for ln in lines if "Connection closed" in ln or says_timed_out(ln)), text)
     text = _SOURCE_LOCATION.sub("", text)
     if isinstance(exc, UserError):
         return text
@@ -108,7 +109,7 @@ def _describe_error(exc: BaseException) -> str:
         return "lost the connection to its peer (the peer crashed, was killed or left)"
     if "EADDRINUSE" in full:
         return "cannot listen on the rendezvous port: another process already uses it (choose another --master-port)"
-    if "timed out" in text.lower():
+    if says_timed_out(text):
         return f"its peer did not answer within the timeout ({text[:200]})"
     return f"{type(exc).__name__}: {text[:400]}"
 

@@ -74,7 +74,7 @@ class Watchdog:
         except UserError:
             raise
         except Exception as e:
-            if "timed out" in str(e).lower():
+            if says_timed_out(str(e)):
                 raise UserError(self.reason(what)) from e
             raise
         finally:
@@ -96,6 +96,11 @@ class Watchdog:
         self._on_expire(self.message(what))
 
 
+def says_timed_out(text: str) -> bool:
+    """Whether an error text is a timeout in the words of gloo and the TCPStore ("Timed out ...")."""
+    return "timed out" in text.lower()
+
+
 def install(dog: Watchdog | None) -> None:
     """Make `dog` this process's watchdog for `guarded` (None removes it)."""
     _ACTIVE.clear()
@@ -113,4 +118,4 @@ def guarded(what: str) -> Iterator[None]:
         yield
 
 
-__all__ = ["Watchdog", "guarded", "install"]
+__all__ = ["Watchdog", "guarded", "install", "says_timed_out"]
