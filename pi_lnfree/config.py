@@ -57,7 +57,9 @@ class ModelConfig:
     bias: bool = True  # biases of all linear layers
     ffn_mult: int = 4
     init_std: float = 0.02
-    dyt_alpha: float = 0.5  # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025)
+    # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025) at every site;
+    # None: matched to the initialization, 1 / stream_init_std (see `dyt_alpha0`).
+    dyt_alpha: float | None = None
     # LayerNorm removal in progress: each LayerNorm carries a running std and a frozen flag
     # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
     ln_removal: bool = False
@@ -119,7 +121,7 @@ class ModelConfig:
         check(self.n_layer > 0 and self.n_head > 0 and self.block_size > 0, "sizes must be positive")
         check(self.n_embd % self.n_head == 0, f"n_embd {self.n_embd} not divisible by n_head {self.n_head}")
         check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
-        check(self.dyt_alpha > 0, f"dyt_alpha must be positive, got {self.dyt_alpha}")
+        check(self.dyt_alpha is None or self.dyt_alpha > 0, f"dyt_alpha must be positive, got {self.dyt_alpha}")
         check(not self.ln_removal or self.norm == "layernorm", "ln_removal needs norm = \"layernorm\"")
         check(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}")
         check(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
@@ -147,6 +149,25 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def stream_init_std(self) -> float:
+        """Std of the residual stream at initialization: token embedding plus learned position
+        embedding, each N(0, init_std^2), so init_std * sqrt(2); init_std with rotary positions.
+        This is the std the first norm site sees at step 0; each block's output widens the stream a
+        little (at cpu-small about 1.6x by the final site, 2.1x with rotary positions; tests/test_dyt.py)."""
+        return self.init_std * (math.sqrt(2.0) if self.position == "learned" else 1.0)
+
+    @property
+    def dyt_alpha0(self) -> float:
+        """Initial alpha of every DyT site: `dyt_alpha` when set, else 1 / `stream_init_std`
+        (35.4 at GPT-2's init_std 0.02), so that alpha * x starts with unit std, the scale a
+        LayerNorm would give. Zhu et al. (2025) find the learned alpha tracks 1 / std of
+        its input; their default 0.5 presumes inputs of unit scale (their LLaMA runs scale the
+        embedding by sqrt(d) instead). At GPT-2's init 0.5 makes alpha * x about 0.014: the stream
+        then grows until every site saturates and the model stalls at the unigram loss
+        (benchmarks/results/beyond_matrix.md)."""
+        return self.dyt_alpha if self.dyt_alpha is not None else 1.0 / self.stream_init_std
 
     @property
     def residual_init_std(self) -> float:
@@ -235,7 +256,8 @@ def variant_label(cfg: ModelConfig) -> str:
     SM+DyT+R for Dynamic Tanh in place of the norms.
 
     Switches that differ from the paper's setup are named in parentheses: "SM+R (no final LN)",
-    "SM+G (plain init)", "SM+R (no final LN, plain init)", "SM+LLR(layer) (initial slope 0.2)".
+    "SM+G (plain init)", "SM+R (no final LN, plain init)", "SM+LLR(layer) (initial slope 0.2)",
+    "SM+DyT+R (alpha0 0.5)" (a DyT alpha0 set by hand rather than matched to the initialization).
     """
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
@@ -250,6 +272,8 @@ def variant_label(cfg: ModelConfig) -> str:
         notes.append(f"{cfg.residual_init} init")
     if "learnable_leaky" in acts and cfg.leaky_slope != _DEFAULT_LEAKY_SLOPE:
         notes.append(f"initial slope {cfg.leaky_slope:g}")
+    if cfg.norm == "dyt" and cfg.dyt_alpha is not None:
+        notes.append(f"alpha0 {cfg.dyt_alpha:g}")
     if cfg.ln_removal:
         notes.append("LN removal in progress")
     return name + (f" ({', '.join(notes)})" if notes else "")

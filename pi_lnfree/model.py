@@ -83,7 +83,7 @@ def make_norm(cfg: ModelConfig, kind: str) -> nn.Module:
     """The module of one norm site: LayerNorm (with a frozen-scale switch while a LayerNorm
     removal runs), Dynamic Tanh, or identity (the LN-free variants)."""
     if kind == "dyt":
-        return DyT(cfg.n_embd, cfg.dyt_alpha)
+        return DyT(cfg.n_embd, cfg.dyt_alpha0)
     if kind == "layernorm":
         if cfg.ln_removal:
             return FreezableLayerNorm(cfg.n_embd, eps=cfg.norm_eps)

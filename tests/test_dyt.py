@@ -49,6 +49,23 @@ def test_dyt_sits_at_every_norm_site_and_is_not_decayed():
     assert model.blocks[0].ln_1.alpha.grad is not None and model.blocks[0].ln_1.alpha.grad.abs() > 0
 
 
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_default_alpha0_gives_alpha_x_unit_std_at_initialization(position):
+    # Measured on the real stream at step 0, not derived from the formula under test: the first
+    # DyT site's alpha times its input has std 1, as a LayerNorm's output would; the blocks' outputs
+    # widen the stream by about 1.6x (2.1x with rotary positions) by the final site, still inside tanh's working range.
+    torch.manual_seed(0)
+    model = GPT(make_config("cpu-small", "sm-dyt-r", vocab_size=4096, position=position))
+    seen = []
+    for site in [m for m in model.modules() if isinstance(m, DyT)]:
+        site.register_forward_hook(lambda mod, inp, out: seen.append(float((mod.alpha * inp[0]).std())))
+    with torch.no_grad():
+        model(torch.randint(0, 4096, (8, 128)))
+    assert len(seen) == 9 and 0.95 < seen[0] < 1.05 and all(0.95 < s < 2.5 for s in seen), seen
+    want = 1 / 0.02 / (math.sqrt(2) if position == "learned" else 1)
+    assert model.ln_f.alpha.item() == pytest.approx(want)
+
+
 def test_dyt_names_and_labels():
     assert parse_variant("sm-dyt-r", 2) == {"norm": "dyt", "activation": "relu"}
     for name, label in (("sm-dyt-r", "SM+DyT+R"), ("sm-dyt-g", "SM+DyT+G"),
@@ -56,6 +73,7 @@ def test_dyt_names_and_labels():
         cfg = make_config("tiny", name, vocab_size=64)
         assert (variant_name(cfg), variant_label(cfg)) == (name, label)
     assert variant_label(make_config("tiny", "sm-dyt-r", vocab_size=64, final_norm=False)) == "SM+DyT+R (no final DyT)"
+    assert variant_label(make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.5)) == "SM+DyT+R (alpha0 0.5)"
     with pytest.raises(UserError, match="dyt_alpha must be positive"):
         make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.0)
 
