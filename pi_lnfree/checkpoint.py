@@ -151,9 +151,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+# Switches added after checkpoints were written without them, with the value those checkpoints
+# were trained under when it differs from the new default (keyed by the switch; applies when the
+# stored config lacks it): DyT models before the embedding scale had none.
+_OLDER_DEFAULTS = {"dyt_embed_scale": False}
+
+
 def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
+    """The checkpoint's `ModelConfig` (CheckpointError when it is not a valid one). A switch the
+    stored config lacks takes the value the checkpoint was trained under (`_OLDER_DEFAULTS`),
+    else its default."""
+    stored = ckpt["config"]
+    older = {k: v for k, v in _OLDER_DEFAULTS.items() if isinstance(stored, dict) and k not in stored}
     try:
-        return ModelConfig.from_dict(ckpt["config"])
+        return ModelConfig.from_dict({**older, **stored})
     except (UserError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
 

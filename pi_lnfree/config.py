@@ -60,6 +60,9 @@ class ModelConfig:
     # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025) at every site;
     # None: matched to the initialization, 1 / stream_init_std (see `dyt_alpha0`).
     dyt_alpha: float | None = None
+    # norm = "dyt": a learnable scalar multiplies the input embedding (token + position), initialized
+    # to sqrt(n_embd), as in Zhu et al.'s LLaMA recipe (see `embed_scale_init`).
+    dyt_embed_scale: bool = True
     # LayerNorm removal in progress: each LayerNorm carries a running std and a frozen flag
     # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
     ln_removal: bool = False
@@ -151,21 +154,30 @@ class ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
     @property
+    def embed_scale_init(self) -> float | None:
+        """Initial value of the learnable scalar after the input embedding: sqrt(n_embd) in a DyT
+        model with `dyt_embed_scale` (Zhu et al. 2025, their LLaMA code's embedding scale), else
+        None (no such parameter). Under GPT-2's init_std 0.02 the stream would otherwise start at
+        std 0.028, far below the unit scale DyT's tanh is built around."""
+        return math.sqrt(self.n_embd) if self.norm == "dyt" and self.dyt_embed_scale else None
+
+    @property
     def stream_init_std(self) -> float:
         """Std of the residual stream at initialization: token embedding plus learned position
-        embedding, each N(0, init_std^2), so init_std * sqrt(2); init_std with rotary positions.
-        This is the std the first norm site sees at step 0; each block's output widens the stream a
-        little (at cpu-small about 1.6x by the final site, 2.1x with rotary positions; tests/test_dyt.py)."""
-        return self.init_std * (math.sqrt(2.0) if self.position == "learned" else 1.0)
+        embedding, each N(0, init_std^2), so init_std * sqrt(2) (init_std with rotary positions),
+        times `embed_scale_init` when there is one. This is the std the first norm site sees at
+        step 0; each block's output widens the stream a little (tests/test_dyt.py)."""
+        std = self.init_std * (math.sqrt(2.0) if self.position == "learned" else 1.0)
+        return std * (self.embed_scale_init or 1.0)
 
     @property
     def dyt_alpha0(self) -> float:
-        """Initial alpha of every DyT site: `dyt_alpha` when set, else 1 / `stream_init_std`
-        (35.4 at GPT-2's init_std 0.02), so that alpha * x starts with unit std, the scale a
-        LayerNorm would give. Zhu et al. (2025) find the learned alpha tracks 1 / std of
-        its input; their default 0.5 presumes inputs of unit scale (their LLaMA runs scale the
-        embedding by sqrt(d) instead). At GPT-2's init 0.5 makes alpha * x about 0.014: the stream
-        then grows until every site saturates and the model stalls at the unigram loss
+        """Initial alpha of every DyT site: `dyt_alpha` when set, else 1 / `stream_init_std`, so
+        that alpha * x starts with unit std, the scale a LayerNorm would give (3.1 at cpu-small's
+        d=128, 1.3 at GPT-2 small's d=768, both with the embedding scale). Zhu et al. (2025) find
+        the learned alpha tracks 1 / std of its input; their default 0.5 presumes inputs of unit
+        scale. At GPT-2's init without the embedding scale, 0.5 makes alpha * x about 0.014: the
+        stream then grows until every site saturates and the model stalls at the unigram loss
         (benchmarks/results/beyond_matrix.md)."""
         return self.dyt_alpha if self.dyt_alpha is not None else 1.0 / self.stream_init_std
 
@@ -257,7 +269,8 @@ def variant_label(cfg: ModelConfig) -> str:
 
     Switches that differ from the paper's setup are named in parentheses: "SM+R (no final LN)",
     "SM+G (plain init)", "SM+R (no final LN, plain init)", "SM+LLR(layer) (initial slope 0.2)",
-    "SM+DyT+R (alpha0 0.5)" (a DyT alpha0 set by hand rather than matched to the initialization).
+    "SM+DyT+R (alpha0 0.5, no embedding scale)" (a DyT alpha0 set by hand rather than matched to the
+    initialization; DyT without the scalar after the embedding).
     """
     acts = cfg.layer_activations()
     labels = list(dict.fromkeys(_ACT_LABEL[a] for a in acts))
@@ -274,6 +287,8 @@ def variant_label(cfg: ModelConfig) -> str:
         notes.append(f"initial slope {cfg.leaky_slope:g}")
     if cfg.norm == "dyt" and cfg.dyt_alpha is not None:
         notes.append(f"alpha0 {cfg.dyt_alpha:g}")
+    if cfg.norm == "dyt" and not cfg.dyt_embed_scale:
+        notes.append("no embedding scale")
     if cfg.ln_removal:
         notes.append("LN removal in progress")
     return name + (f" ({', '.join(notes)})" if notes else "")

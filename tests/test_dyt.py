@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pi_lnfree.checkpoint import load_model, save_checkpoint
 from pi_lnfree.config import make_config, parse_variant, variant_label, variant_name
 from pi_lnfree.errors import UserError
 from pi_lnfree.model import GPT, DyT, param_groups
@@ -50,20 +51,25 @@ def test_dyt_sits_at_every_norm_site_and_is_not_decayed():
 
 
 @pytest.mark.parametrize("position", ["learned", "rotary"])
-def test_default_alpha0_gives_alpha_x_unit_std_at_initialization(position):
+@pytest.mark.parametrize("embed_scale", [True, False])
+def test_default_alpha0_gives_alpha_x_unit_std_at_initialization(position, embed_scale):
     # Measured on the real stream at step 0, not derived from the formula under test: the first
     # DyT site's alpha times its input has std 1, as a LayerNorm's output would; the blocks' outputs
     # widen the stream by about 1.6x (2.1x with rotary positions) by the final site, still inside tanh's working range.
     torch.manual_seed(0)
-    model = GPT(make_config("cpu-small", "sm-dyt-r", vocab_size=4096, position=position))
+    model = GPT(make_config("cpu-small", "sm-dyt-r", vocab_size=4096, position=position, dyt_embed_scale=embed_scale))
     seen = []
     for site in [m for m in model.modules() if isinstance(m, DyT)]:
         site.register_forward_hook(lambda mod, inp, out: seen.append(float((mod.alpha * inp[0]).std())))
     with torch.no_grad():
         model(torch.randint(0, 4096, (8, 128)))
     assert len(seen) == 9 and 0.95 < seen[0] < 1.05 and all(0.95 < s < 2.5 for s in seen), seen
-    want = 1 / 0.02 / (math.sqrt(2) if position == "learned" else 1)
-    assert model.ln_f.alpha.item() == pytest.approx(want)
+    stream_std = 0.02 * (math.sqrt(2) if position == "learned" else 1) * (math.sqrt(128) if embed_scale else 1)
+    assert model.ln_f.alpha.item() == pytest.approx(1 / stream_std)
+    assert (model.embed_scale is not None) == embed_scale
+    if embed_scale:  # Zhu et al.'s LLaMA embedding scale, learnable and not weight decayed
+        assert model.embed_scale.item() == pytest.approx(math.sqrt(128))
+        assert id(model.embed_scale) in {id(p) for p in param_groups(model, 0.1)[1]["params"]}
 
 
 def test_dyt_names_and_labels():
@@ -74,6 +80,9 @@ def test_dyt_names_and_labels():
         assert (variant_name(cfg), variant_label(cfg)) == (name, label)
     assert variant_label(make_config("tiny", "sm-dyt-r", vocab_size=64, final_norm=False)) == "SM+DyT+R (no final DyT)"
     assert variant_label(make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.5)) == "SM+DyT+R (alpha0 0.5)"
+    assert (variant_label(make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.5, dyt_embed_scale=False))
+            == "SM+DyT+R (alpha0 0.5, no embedding scale)")
+    assert GPT(make_config("tiny", "sm-r", vocab_size=64)).embed_scale is None  # DyT models only
     with pytest.raises(UserError, match="dyt_alpha must be positive"):
         make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.0)
 
@@ -141,3 +150,15 @@ def test_secure_dyt_matches_plaintext_within_its_range(crypten_single):
     # outside the range the approximation breaks down: the documented limit is a real one
     bad = dyt(enc(torch.tensor([400.0])), 1.0, None, None).get_plain_text()
     assert (bad - 1.0).abs().max() > 1.0
+
+
+def test_a_dyt_checkpoint_from_before_the_embedding_scale_loads_as_it_was_trained(tmp_path):
+    # Written before `dyt_embed_scale` existed: its config lacks the key and its state the scalar.
+    old = GPT(make_config("tiny", "sm-dyt-r", vocab_size=64, dyt_alpha=0.5, dyt_embed_scale=False))
+    stored = {k: v for k, v in old.config.to_dict().items() if k != "dyt_embed_scale"}
+    save_checkpoint(tmp_path / "old.pt", old.state_dict(), stored)
+    model, _ = load_model(tmp_path / "old.pt")
+    assert model.embed_scale is None and variant_label(model.config) == "SM+DyT+R (alpha0 0.5, no embedding scale)"
+    idx = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(idx), old.eval()(idx))

@@ -24,6 +24,7 @@ def expected_params(cfg: ModelConfig) -> int:
     total += ln if cfg.final_norm else 0
     total += 0 if cfg.tie_embeddings else cfg.vocab_size * d
     total += cfg.vocab_size if cfg.head_bias else 0
+    total += 1 if cfg.norm == "dyt" and cfg.dyt_embed_scale else 0  # DyT's scalar after the embedding
     return total + cfg.n_slopes
 
 

@@ -28,6 +28,8 @@ CONFIGS = {
     "no bias": dict(variant="sm-r", bias=False),
     "dyt relu": dict(variant="sm-dyt-r"),
     "dyt gelu, parallel, rotary": dict(variant="sm-dyt-g", position="rotary", residual="parallel"),
+    "dyt untied head": dict(variant="sm-dyt-r", tie_embeddings=False),
+    "dyt without the embedding scale": dict(variant="sm-dyt-r", dyt_embed_scale=False),
     "lm-head bias (folded LN removal)": dict(variant="sm-g", final_norm=False, head_bias=True, tie_embeddings=False),
 }
 

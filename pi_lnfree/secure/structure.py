@@ -82,16 +82,38 @@ def check_supported(cfg: ModelConfig, profile: ProtocolProfile, seq_len: int | N
         raise UserError(f"--seq-len {seq_len} must be in [1, {cfg.block_size}] (the model's context)")
 
 
+def _head_shared_apart(cfg: ModelConfig) -> bool:
+    """True when the server shares the LM head as its own tensor: an untied head, or a tied one
+    whose embedding-side copy carries the folded embedding scale."""
+    return not cfg.tie_embeddings or cfg.embed_scale_init is not None
+
+
 def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor the server shares (state_dict order; a tied LM head once)."""
+    """Name -> shape of every tensor the server shares (state_dict order; a tied LM head once
+    unless the embedding scale is folded into the embedding, see `server_state`)."""
     from pi_lnfree.model import GPT
 
     with torch.device("meta"):
         state = GPT(cfg).state_dict()
-    shapes = {name: tuple(t.shape) for name, t in state.items()}
-    if cfg.tie_embeddings:
+    shapes = {name: tuple(t.shape) for name, t in state.items() if name != "embed_scale"}
+    if not _head_shared_apart(cfg):
         shapes.pop("lm_head.weight", None)
     return shapes
+
+
+def server_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors the server shares, from a `GPT` state dict: the learnable embedding scale of a
+    DyT model is folded into the token and position tables (the server's own precomputation, so
+    it costs no secure multiplication); a tied LM head then keeps the unscaled table apart."""
+    out = {name: t.detach() for name, t in state.items()}
+    scale = out.pop("embed_scale", None)
+    if scale is not None:
+        if cfg.tie_embeddings:
+            out["lm_head.weight"] = out["wte.weight"]
+        out["wte.weight"] = out["wte.weight"] * scale
+        if "wpe.weight" in out:
+            out["wpe.weight"] = out["wpe.weight"] * scale
+    return out
 
 
 def is_linear_weight(name: str) -> bool:
@@ -104,10 +126,10 @@ def load_weights(cfg: ModelConfig, state: dict[str, torch.Tensor] | None, ops) -
     `lm_head_t` (the tied embedding transposed, or the untied head). `state=None` on a party that
     does not hold the weights (it shares placeholders of the public shapes)."""
     w: dict[str, Any] = {}
+    shared = None if state is None else server_state(cfg, state)
     for name, shape in weight_shapes(cfg).items():
-        tensor = None if state is None else state[name].detach()
-        w[name] = ops.weight(tensor, shape, is_linear_weight(name))
-    w["lm_head_t"] = ops.transpose(w["wte.weight"]) if cfg.tie_embeddings else w["lm_head.weight"]
+        w[name] = ops.weight(None if shared is None else shared[name], shape, is_linear_weight(name))
+    w["lm_head_t"] = w["lm_head.weight"] if _head_shared_apart(cfg) else ops.transpose(w["wte.weight"])
     return w
 
 
@@ -197,6 +219,7 @@ __all__ = [
     "check_supported",
     "is_linear_weight",
     "load_weights",
+    "server_state",
     "rotary_tables",
     "weight_shapes",
 ]
