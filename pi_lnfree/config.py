@@ -60,8 +60,8 @@ class ModelConfig:
     # norm = "dyt": initial alpha of gamma * tanh(alpha * x) + beta (Zhu et al. 2025) at every site;
     # None: matched to the initialization, 1 / stream_init_std (see `dyt_alpha0`).
     dyt_alpha: float | None = None
-    # norm = "dyt": a learnable scalar multiplies the input embedding (token + position), initialized
-    # to sqrt(n_embd), as in Zhu et al.'s LLaMA recipe (see `embed_scale_init`).
+    # norm = "dyt": a learnable scalar multiplies the token embedding, initialized to sqrt(n_embd),
+    # as in Zhu et al.'s LLaMA recipe (see `embed_scale_init`).
     dyt_embed_scale: bool = True
     # LayerNorm removal in progress: each LayerNorm carries a running std and a frozen flag
     # (`pi_lnfree.ln_removal`); set by the trainer while a removal schedule runs.
@@ -155,26 +155,28 @@ class ModelConfig:
 
     @property
     def embed_scale_init(self) -> float | None:
-        """Initial value of the learnable scalar after the input embedding: sqrt(n_embd) in a DyT
+        """Initial value of the learnable scalar on the token embedding: sqrt(n_embd) in a DyT
         model with `dyt_embed_scale` (Zhu et al. 2025, their LLaMA code's embedding scale), else
         None (no such parameter). Under GPT-2's init_std 0.02 the stream would otherwise start at
-        std 0.028, far below the unit scale DyT's tanh is built around."""
+        std 0.028, far below the unit scale DyT's tanh is built around. Learned position embeddings
+        are added after it, unscaled: scaled as well, they stalled SM+DyT+R at the unigram loss at
+        cpu-small (benchmarks/results/beyond_matrix.md)."""
         return math.sqrt(self.n_embd) if self.norm == "dyt" and self.dyt_embed_scale else None
 
     @property
     def stream_init_std(self) -> float:
-        """Std of the residual stream at initialization: token embedding plus learned position
-        embedding, each N(0, init_std^2), so init_std * sqrt(2) (init_std with rotary positions),
-        times `embed_scale_init` when there is one. This is the std the first norm site sees at
+        """Std of the residual stream at initialization: the token embedding, N(0, init_std^2)
+        times `embed_scale_init` when there is one, plus a learned position embedding,
+        N(0, init_std^2) (none with rotary positions). This is the std the first norm site sees at
         step 0; each block's output widens the stream a little (tests/test_dyt.py)."""
-        std = self.init_std * (math.sqrt(2.0) if self.position == "learned" else 1.0)
-        return std * (self.embed_scale_init or 1.0)
+        token = self.init_std * (self.embed_scale_init or 1.0)
+        return math.hypot(token, self.init_std) if self.position == "learned" else token
 
     @property
     def dyt_alpha0(self) -> float:
         """Initial alpha of every DyT site: `dyt_alpha` when set, else 1 / `stream_init_std`, so
-        that alpha * x starts with unit std, the scale a LayerNorm would give (3.1 at cpu-small's
-        d=128, 1.3 at GPT-2 small's d=768, both with the embedding scale). Zhu et al. (2025) find
+        that alpha * x starts with unit std, the scale a LayerNorm would give (4.4 at cpu-small's
+        d=128, 1.8 at GPT-2 small's d=768, both with the embedding scale). Zhu et al. (2025) find
         the learned alpha tracks 1 / std of its input; their default 0.5 presumes inputs of unit
         scale. At GPT-2's init without the embedding scale, 0.5 makes alpha * x about 0.014: the
         stream then grows until every site saturates and the model stalls at the unigram loss

@@ -206,7 +206,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
         self.rotary = RotaryCache(cfg) if cfg.position == "rotary" else None
-        # DyT models: a learnable scalar after the input embedding (ModelConfig.embed_scale_init).
+        # DyT models: a learnable scalar on the token embedding (ModelConfig.embed_scale_init).
         scale = cfg.embed_scale_init
         self.embed_scale = nn.Parameter(torch.full((1,), scale)) if scale is not None else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
@@ -247,10 +247,10 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds the model's context {self.config.block_size}")
         x = self.wte(idx)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
         if self.embed_scale is not None:
             x = x * self.embed_scale
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
         attentions = []
         for block in self.blocks:
             x, att = block(x, self.rotary, self.slopes, return_attention)

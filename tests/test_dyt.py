@@ -64,7 +64,8 @@ def test_default_alpha0_gives_alpha_x_unit_std_at_initialization(position, embed
     with torch.no_grad():
         model(torch.randint(0, 4096, (8, 128)))
     assert len(seen) == 9 and 0.95 < seen[0] < 1.05 and all(0.95 < s < 2.5 for s in seen), seen
-    stream_std = 0.02 * (math.sqrt(2) if position == "learned" else 1) * (math.sqrt(128) if embed_scale else 1)
+    token_std = 0.02 * (math.sqrt(128) if embed_scale else 1)
+    stream_std = math.sqrt(token_std**2 + 0.02**2) if position == "learned" else token_std
     assert model.ln_f.alpha.item() == pytest.approx(1 / stream_std)
     assert (model.embed_scale is not None) == embed_scale
     if embed_scale:  # Zhu et al.'s LLaMA embedding scale, learnable and not weight decayed

@@ -103,7 +103,7 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def server_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors the server shares, from a `GPT` state dict: the learnable embedding scale of a
-    DyT model is folded into the token and position tables (the server's own precomputation, so
+    DyT model is folded into the token embedding table (the server's own precomputation, so
     it costs no secure multiplication); a tied LM head then keeps the unscaled table apart."""
     out = {name: t.detach() for name, t in state.items()}
     scale = out.pop("embed_scale", None)
@@ -111,8 +111,6 @@ def server_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, 
         if cfg.tie_embeddings:
             out["lm_head.weight"] = out["wte.weight"]
         out["wte.weight"] = out["wte.weight"] * scale
-        if "wpe.weight" in out:
-            out["wpe.weight"] = out["wpe.weight"] * scale
     return out
 
 
