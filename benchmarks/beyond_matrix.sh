@@ -7,8 +7,9 @@
 #
 # The runs are those of benchmarks/cpu_matrix.sh (same data, recipe, STEPS and OUT, so sm-r and the
 # teacher sm-ln-g are shared with the paper matrix): sm-ln-g, sm-r, sm-r-entreg (lambda 4e-5),
-# sm-r-entreg-weak (4e-6), sm-dyt-r,
-# sm-r-distilled. At fewer than ~1,000 steps the LN-free models have not learned attention yet
+# sm-r-entreg-weak (4e-6), sm-dyt-r (DyT with the token-embedding scale and alpha0 matched to the
+# init), its two controls sm-dyt-r-noscale (no embedding scale) and sm-dyt-r-a05 (no embedding
+# scale and the DyT paper's alpha0 0.5), sm-r-distilled. At fewer than ~1,000 steps the LN-free models have not learned attention yet
 # (every head near the causal maximum entropy), so neither the perplexity ordering nor the entropy
 # bands mean anything; 2,000 steps (the default) is where the paper's SM+R vs SM+G direction shows.
 # Entropy regularization uses the authors' lambda = 1e-5 scaled to this batch: their penalty is
@@ -25,7 +26,7 @@ export OUT=${OUT:-runs/cpu-matrix}
 PROTOCOL=${PROTOCOL:-protocols/crypten-2pc-ttp.toml}
 REPORT=${REPORT:-$OUT/report-beyond}
 SECURE_T=${SECURE_T:-64}
-RUNS=(sm-ln-g sm-r sm-r-entreg sm-r-entreg-weak sm-dyt-r sm-r-distilled)
+RUNS=(sm-ln-g sm-r sm-r-entreg sm-r-entreg-weak sm-dyt-r sm-dyt-r-noscale sm-dyt-r-a05 sm-r-distilled)
 
 benchmarks/cpu_matrix.sh train "${RUNS[@]}"
 $PY -m pi_lnfree.cli report "${RUNS[@]/#/$OUT/}" --out "$REPORT" --protocol "$PROTOCOL" \
