@@ -13,6 +13,7 @@ Conventions, for every figure function here:
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -192,6 +193,13 @@ def _panel_grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
+def set_panel_title(ax: Axes, title: str, width_in: float, fontsize: float) -> None:
+    """Title a panel of `width_in` inches, each line wrapped to fit it: a long run label (e.g. a
+    configuration with its notes) would otherwise run into the neighbouring panel."""
+    chars = max(16, int(width_in * 72 / (0.6 * fontsize)))  # a character is about 0.6 em wide
+    ax.set_title("\n".join(textwrap.fill(line, chars) for line in title.split("\n")), fontsize=fontsize)
+
+
 def _hide_unused(axes: np.ndarray, used: int) -> None:
     for ax in axes.ravel()[used:]:
         ax.set_visible(False)
@@ -211,12 +219,12 @@ def entropy_heatmaps_grid(
     top = vmax if vmax is not None else max(float(m.max()) for m in mats)
     n_layer, n_head = mats[0].shape
     rows, cols = _panel_grid(len(panels))
-    fig, axes = new_figure(cols * max(3.2, 0.5 * n_head + 1.2) + 1.0, rows * max(2.8, 0.42 * n_layer + 1.5),
-                           nrows=rows, ncols=cols)
+    panel_w = max(3.2, 0.5 * n_head + 1.2)
+    fig, axes = new_figure(cols * panel_w + 1.0, rows * max(2.8, 0.42 * n_layer + 1.5), nrows=rows, ncols=cols)
     image = None
     for ax, (name, _, emax), e in zip(axes.ravel(), panels, mats, strict=False):
         image = draw_entropy_heatmap(ax, e, vmax=top, highlight_from=None if emax is None else 0.75 * emax)
-        ax.set_title(name, fontsize=9)
+        set_panel_title(ax, name, panel_w, 9)
     _hide_unused(axes, len(panels))
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
     bar.set_label("entropy (nats)")
@@ -263,7 +271,7 @@ def entropy_dynamics_grid(
         v = np.asarray(values, dtype=np.float64)
         draw_lines_over_steps(ax, steps, v, [f"layer {i}" for i in range(v.shape[1])], "entropy, mean over heads (nats)")
         ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_title(name, fontsize=10)
+        set_panel_title(ax, name, 4.2, 10)
     _hide_unused(axes, len(panels))
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)
@@ -282,7 +290,7 @@ def slope_dynamics_figure(
     for ax, (name, steps, values, labels) in zip(axes.ravel(), panels, strict=False):
         draw_lines_over_steps(ax, steps, values, list(labels), "leaky ReLU negative slope")
         ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_title(name, fontsize=10)
+        set_panel_title(ax, name, 4.6, 10)
     _hide_unused(axes, len(panels))
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)

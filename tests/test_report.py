@@ -279,3 +279,20 @@ def test_same_cost_groups_merge_only_identical_runs_of_one_configuration():
     # the same label, keeps its own.
     assert [name for name, _ in bars] == ["SM+G (3 runs)", "SM+R [sm-r]", "SM+G (plain init)", "SM+R [sm-r-wider]"]
     assert [res["ops"][tb.CATEGORIES[0]]["bytes"] for _, res in bars] == [1.0, 2.0, 1.0, 3.0]
+
+
+def test_long_panel_titles_wrap_to_their_panel_and_short_ones_stay():
+    from pi_lnfree import plots
+
+    fig, axes = plots.new_figure(6.4, 2.8, ncols=2)
+    label = "SM+DyT+R (alpha0 0.5, no embedding scale): overload 100%\nEmin/Emax 1.00, uniform heads 100%"
+    plots.set_panel_title(axes[0, 0], label, 3.2, 9)
+    plots.set_panel_title(axes[0, 1], "SM+R: overload 75%", 3.2, 9)
+    wrapped = axes[0, 0].get_title().split("\n")
+    assert len(wrapped) == 3 and " ".join(wrapped) == label.replace("\n", " ")
+    assert axes[0, 1].get_title() == "SM+R: overload 75%"
+    # Drawn, no line of the wrapped title is wider than its panel.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title_width = axes[0, 0].title.get_window_extent(renderer).width
+    assert title_width <= axes[0, 0].get_window_extent(renderer).width * 1.15
