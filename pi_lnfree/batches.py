@@ -79,6 +79,23 @@ class RandomChunkSampler:
         self._order = self._permutation(self.epoch)
 
 
+class ShortValidationSplit(UserError):
+    """`batches` x `batch_size` validation sequences were asked for and the split holds fewer.
+    The message names the settings to lower: the `eval`/`entropy` commands' `--batches` and
+    `--batch-size` unless a caller with other option names re-raises it through `naming`."""
+
+    def __init__(self, path, batches: int, batch_size: int, available: int,
+                 options: tuple[str, str] = ("--batches", "--batch-size")):
+        self.path, self.batches, self.batch_size, self.available = path, batches, batch_size, available
+        super().__init__(f"{batches} batches of {batch_size} need {batches * batch_size} validation sequences "
+                         f"but {path} has {available}; lower {options[0]} or {options[1]}")
+
+    def naming(self, batches_option: str, batch_size_option: str) -> ShortValidationSplit:
+        """The same error, its advice naming the caller's own options."""
+        return ShortValidationSplit(self.path, self.batches, self.batch_size, self.available,
+                                    (batches_option, batch_size_option))
+
+
 def iter_valid_batches(folder: DataFolder, batch_size: int, batches: int | None = None
                        ) -> Iterator[torch.Tensor]:
     """The validation split in order, as (B, T) LongTensors.
@@ -97,8 +114,7 @@ def iter_valid_batches(folder: DataFolder, batch_size: int, batches: int | None 
     else:
         stop = batch_size * batches
         if stop > len(valid):
-            raise UserError(f"{batches} batches of {batch_size} need {stop} validation sequences but "
-                            f"{folder.path} has {len(valid)}; lower --batches or --batch-size")
+            raise ShortValidationSplit(folder.path, batches, batch_size, len(valid))
     for start in range(0, stop, batch_size):
         yield _as_long(valid[start : min(start + batch_size, stop)])
 

@@ -235,15 +235,16 @@ def compute_piece(piece: str, run: RunResult, opts: ReportOptions) -> dict[str, 
     if needs_data and (run.data_dir is None or not Path(run.data_dir).is_dir()):
         where = f" ({run.data_dir} not found)" if run.data_dir is not None else ""
         raise UserError(f"the run's data folder is unavailable{where}: give --data DIR")
-    if piece == "eval":
-        from pi_lnfree.diagnostics import eval_checkpoint
+    if piece in ("eval", "entropy"):
+        from pi_lnfree.batches import ShortValidationSplit
+        from pi_lnfree.diagnostics import entropy_checkpoint, eval_checkpoint
 
-        return eval_checkpoint(ckpt, run.data_dir, opts.eval_batch_size, opts.eval_batches, show_progress=True)
-    if piece == "entropy":
-        from pi_lnfree.diagnostics import entropy_checkpoint
-
-        return entropy_checkpoint(ckpt, run.data_dir, opts.entropy_batch_size, opts.entropy_batches,
-                                  show_progress=True)
+        measure = eval_checkpoint if piece == "eval" else entropy_checkpoint
+        size, batches = getattr(opts, f"{piece}_batch_size"), getattr(opts, f"{piece}_batches")
+        try:
+            return measure(ckpt, run.data_dir, size, batches, show_progress=True)
+        except ShortValidationSplit as e:
+            raise e.naming(f"--{piece}-batches", f"--{piece}-batch-size") from None
     if piece == "secure":
         from pi_lnfree.progress import progress
         from pi_lnfree.secure.crypten_compat import require_crypten

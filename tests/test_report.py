@@ -296,3 +296,16 @@ def test_long_panel_titles_wrap_to_their_panel_and_short_ones_stay():
     renderer = fig.canvas.get_renderer()
     title_width = axes[0, 0].title.get_window_extent(renderer).width
     assert title_width <= axes[0, 0].get_window_extent(renderer).width * 1.15
+
+
+@pytest.mark.parametrize("piece", ["eval", "entropy"])
+def test_a_validation_split_too_short_names_the_reports_own_options(run_dirs, piece):
+    # The same shortfall under `pi-lnfree eval/entropy` says --batches/--batch-size
+    # (test_diagnostics); here the advice must name options `report` has.
+    run = open_run(run_dirs[0])
+    opts = _options(**{f"{piece}_batches": 10**6})
+    gather_piece(piece, run, opts, key="probe")
+    reason = run.missing["probe"]
+    need = 10**6 * getattr(opts, f"{piece}_batch_size")
+    assert f"lower --{piece}-batches or --{piece}-batch-size" in reason and f"need {need} " in reason
+    assert run.pieces["probe"] is None
