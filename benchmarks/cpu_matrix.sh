@@ -11,10 +11,10 @@
 # 5% warmup, linear decay; STEPS steps each), most important first:
 #   sm-g sm-r sm-ln-g sm-ln-r                 the paper's four configurations, seed 1337
 #   sm-r-entreg sm-dyt-r sm-r-distilled       beyond the paper (benchmarks/beyond_matrix.sh): SM+R
-#   sm-r-entreg-weak sm-dyt-r-noscale         with entropy regularization (lambda 4e-5, and 4e-6),
-#   sm-dyt-r-a05                              DyT in place of the norms (with the embedding scale;
-#                                             without it; without it and the paper's alpha0 0.5),
-#                                             SM+R distilled from sm-ln-g
+#   sm-r-entreg-weak sm-dyt-r-seed2           with entropy regularization (lambda 4e-5, and 4e-6),
+#   sm-dyt-r-noscale sm-dyt-r-a05             DyT in place of the norms (with the embedding scale,
+#                                             seeds 1337 and 1338; without it; without it and the
+#                                             paper's alpha0 0.5), SM+R distilled from sm-ln-g
 #   sm-g-seed2 sm-r-seed2 sm-g-seed3 sm-r-seed3  seeds 1338 and 1339: the seed spread of SM+R - SM+G
 #   sm-ln-g-seed2 sm-ln-r-seed2               seed 1338 of the LayerNorm pair (SM+LN+R vs SM+LN+G)
 #   sm-g-plain sm-r-plain                     model.residual_init="plain": how much of the gap is the init
@@ -53,6 +53,7 @@ RUNS=(
   "sm-ln-r|model.variant=sm-ln-r"
   "sm-r-entreg|model.variant=sm-r train.entropy_reg=4e-5"
   "sm-dyt-r|model.variant=sm-dyt-r"
+  "sm-dyt-r-seed2|model.variant=sm-dyt-r train.seed=1338"
   "sm-dyt-r-noscale|model.variant=sm-dyt-r model.dyt_embed_scale=false"
   "sm-dyt-r-a05|model.variant=sm-dyt-r model.dyt_alpha=0.5 model.dyt_embed_scale=false"
   "sm-r-distilled|model.variant=sm-r train.distill_from=\"$OUT/sm-ln-g\" train.distill_temperature=2.0 train.distill_weight=0.5"
@@ -75,7 +76,7 @@ RUNS=(
 )
 PAPER=(sm-ln-g sm-ln-r sm-g sm-r)
 # trained here, reported by benchmarks/beyond_matrix.sh
-BEYOND=(sm-r-entreg sm-dyt-r sm-r-distilled sm-r-entreg-weak sm-dyt-r-noscale sm-dyt-r-a05)
+BEYOND=(sm-r-entreg sm-dyt-r sm-r-distilled sm-r-entreg-weak sm-dyt-r-seed2 sm-dyt-r-noscale sm-dyt-r-a05)
 
 train_all() {  # optional run names restrict the runs
   mkdir -p "$OUT"
