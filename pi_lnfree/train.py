@@ -186,10 +186,15 @@ class Trainer:
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {self.recipe.values.get(k)!r}" for k in diff[:4])
             raise UserError(f"--resume with a different recipe than {path} was trained with ({shown})")
-        if state.get("ln_folded"):  # a finished LayerNorm removal: the checkpoint is the folded model
-            self.cfg = config_from_checkpoint(ckpt, path)
+        self.folded = bool(state.get("ln_folded"))
+        stored = config_from_checkpoint(ckpt, path)
+        # The recipe matched, so a different model is the folded one of a finished LayerNorm
+        # removal, or one built under a model default that has changed since the run started:
+        # either way the run continues the model the checkpoint holds.
+        if stored != self.cfg:
+            self.cfg = stored
             self.model = GPT(self.cfg).to(self.rt.device)
-            self.folded = True
+            self.optimizer = make_optimizer(self.model, self.recipe, self.rt.device, self.objective.extra_parameters)
         self.model.load_state_dict(ckpt["model"])
         if not self.folded:
             self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -336,3 +336,26 @@ def test_ddp_two_processes_match_one_process(data_dir, tmp_path):
     # Summation order differs between one and two processes; Adam turns the rounding of near-zero
     # gradients into updates of up to lr, so weights agree to ~1e-5 rather than to the bit.
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_resume_of_a_run_started_before_a_model_default_changed_continues_as_trained(data_dir, tmp_path):
+    """DyT runs started before the embedding scale and the matched alpha0 became defaults: their
+    recipe does not set those keys, so today's recipe builds another model. Resuming continues
+    the model the checkpoint holds, bit for bit as an uninterrupted run of the old model."""
+    old_model = ["model.variant=sm-dyt-r", "model.dyt_embed_scale=false", "model.dyt_alpha=0.5"]
+    sets = tiny_sets(data_dir, "train.max_steps=8", "train.ckpt_interval=4", "train.log_interval=1")
+    train_command(TINY, [*sets, *old_model], tmp_path / "ref")
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match=r"\(step 4\)"):
+        train_command(TINY, [*sets, *old_model, "train.debug_nonfinite_steps=[6]", "train.max_nonfinite=1"], run)
+    ckpt = load_checkpoint(run / "ckpt.pt")  # rewritten as the older version wrote it
+    for key in ("model.dyt_embed_scale", "model.dyt_alpha"):
+        del ckpt["train"]["recipe"][key]
+    del ckpt["config"]["dyt_embed_scale"]
+    save_checkpoint(run / "ckpt.pt", ckpt["model"], ckpt["config"], ckpt["train"], ckpt["optimizer"], ckpt["meta"])
+    train_command(TINY, [*sets, "model.variant=sm-dyt-r"], run, resume=True)
+    want, got = load_checkpoint(tmp_path / "ref" / "ckpt.pt"), load_checkpoint(run / "ckpt.pt")
+    assert "embed_scale" not in got["model"] and got["config"]["dyt_alpha"] == 0.5
+    assert want["model"].keys() == got["model"].keys()
+    assert all(torch.equal(want["model"][k], got["model"][k]) for k in want["model"])
+    assert [r["loss"] for r in records(run, "loss")] == [r["loss"] for r in records(tmp_path / "ref", "loss")]
