@@ -266,12 +266,13 @@ def entropy_dynamics_grid(
     `panels`: (panel title, steps, entropy_per_layer as [step][layer]).
     """
     rows, cols = _panel_grid(len(panels))
-    fig, axes = new_figure(cols * 4.2, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
+    panel_w = 4.2
+    fig, axes = new_figure(cols * panel_w, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
     for ax, (name, steps, values) in zip(axes.ravel(), panels, strict=False):
         v = np.asarray(values, dtype=np.float64)
         draw_lines_over_steps(ax, steps, v, [f"layer {i}" for i in range(v.shape[1])], "entropy, mean over heads (nats)")
         ax.ticklabel_format(axis="y", useOffset=False)
-        set_panel_title(ax, name, 4.2, 10)
+        set_panel_title(ax, name, panel_w, 10)
     _hide_unused(axes, len(panels))
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)
@@ -286,11 +287,12 @@ def slope_dynamics_figure(
     `panels`: (panel title, steps, slopes as [step][slope], one legend label per slope).
     """
     rows, cols = _panel_grid(len(panels), max_cols=3)
-    fig, axes = new_figure(cols * 4.6, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
+    panel_w = 4.6
+    fig, axes = new_figure(cols * panel_w, rows * 3.4, nrows=rows, ncols=cols, sharey=True)
     for ax, (name, steps, values, labels) in zip(axes.ravel(), panels, strict=False):
         draw_lines_over_steps(ax, steps, values, list(labels), "leaky ReLU negative slope")
         ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-        set_panel_title(ax, name, 4.6, 10)
+        set_panel_title(ax, name, panel_w, 10)
     _hide_unused(axes, len(panels))
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out)
